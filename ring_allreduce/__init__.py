@@ -1,0 +1,22 @@
+"""ring_allreduce: readable, measurable AllReduce over mpi4py, and data-parallel SGD on top.
+
+``from ring_allreduce import allreduce`` is the main entry point; importing the package does not initialise
+MPI, compile kernels or touch a GPU.
+"""
+from .algorithms import get as get_algorithm
+from .algorithms import names as algorithm_names
+from .algorithms import register as register_algorithm
+from .api import allreduce
+from .errors import ArgumentError, MismatchError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "allreduce",
+    "ArgumentError",
+    "MismatchError",
+    "register_algorithm",
+    "get_algorithm",
+    "algorithm_names",
+    "__version__",
+]

@@ -1,0 +1,57 @@
+"""The cross-rank agreement check run before the first data message.
+
+Each rank packs (local error?, count, dtype, op, algorithm) into two int64 words; one native ``MPI.Allreduce``
+with ``MAX`` over ``[words, -words]`` yields every field's maximum and minimum in a single 32-byte collective.
+Only when they differ (or some rank's arguments were invalid) does a second, pickled ``allgather`` collect the
+details, so that every rank raises the same error naming the differing ranks and values.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from .errors import ArgumentError, MismatchError
+
+_FIELDS = ("count", "dtype", "op", "algorithm")
+
+
+def algorithm_code(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0xFFFFFFFF
+
+
+def pack(error: bool, count: int, dtype_code: int, op_code: int, algo_code: int) -> np.ndarray:
+    """Pack the fields into two int64 words: ``[count, algo << 16 | dtype << 8 | op << 1 | error]``."""
+    w1 = (algo_code << 16) | ((dtype_code & 0xFF) << 8) | ((op_code & 0x7F) << 1) | int(bool(error))
+    return np.array([count, w1], dtype=np.int64)
+
+
+def check(comm, words: np.ndarray, details: dict, error: Exception = None) -> None:
+    """Raise the same ``MismatchError``/``ArgumentError`` on every rank unless all ranks agree and none failed.
+
+    ``details`` holds this rank's readable values (for messages); ``error`` its local validation error, if any.
+    """
+    from mpi4py import MPI
+
+    buf = np.concatenate([words, -words])
+    comm.Allreduce(MPI.IN_PLACE, buf, MPI.MAX)
+    k = words.size
+    if np.array_equal(buf[:k], -buf[k:]) and not (buf[1] & 1):
+        return
+    everyone = comm.allgather((details, None if error is None else f"{type(error).__name__}: {error}"))
+    failed = [(r, msg) for r, (_, msg) in enumerate(everyone) if msg is not None]
+    if failed:
+        lines = "; ".join(f"rank {r}: {msg}" for r, msg in failed)
+        raise ArgumentError(f"allreduce arguments invalid on rank(s) {[r for r, _ in failed]}: {lines}")
+    diffs = {}
+    for field in _FIELDS:
+        values = {r: d.get(field) for r, (d, _) in enumerate(everyone)}
+        if len(set(map(str, values.values()))) > 1:
+            diffs[field] = values
+    parts = []
+    for field, values in diffs.items():
+        groups = {}
+        for r, v in values.items():
+            groups.setdefault(str(v), []).append(r)
+        parts.append(f"{field}: " + ", ".join(f"{v} on rank(s) {rs}" for v, rs in groups.items()))
+    raise MismatchError("ranks disagree on allreduce arguments: " + "; ".join(parts), diffs)

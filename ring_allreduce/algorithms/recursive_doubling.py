@@ -1,0 +1,36 @@
+"""Recursive doubling AllReduce: log2 p exchanges of the whole vector (latency-optimal for small messages).
+
+Non-power-of-two sizes fold first: in the first 2*rem ranks each even rank hands its data to the odd rank above
+and gets the result back at the end. In each exchange both partners compute ``lower op higher`` (IEEE sum,
+product, min and max are commutative bit for bit, and the operand order is fixed anyway), so all ranks agree.
+"""
+from __future__ import annotations
+
+from .. import schedules
+from ._common import recv, scratch, send, sendrecv
+
+
+def recursive_doubling(comm, src, dst, op, kernel, div=None):
+    p, r = comm.Get_size(), comm.Get_rank()
+    f = schedules.fold(r, p)
+    tmp = scratch(kernel, src.size, src.dtype)
+    if f.newrank is None:  # even rank of a folded pair: hand over the data, wait for the result
+        send(comm, src, f.partner)
+        recv(comm, dst, f.partner)
+        return
+    cur = src
+    partners = schedules.recursive_doubling(r, p)
+    if f.partner is not None:
+        recv(comm, tmp, f.partner)
+        kernel.reduce(tmp, cur, dst, op, None if partners else div)
+        cur = dst
+    for i, partner in enumerate(partners):
+        sendrecv(comm, cur, partner, tmp, partner)
+        last = i == len(partners) - 1
+        if partner < r:
+            kernel.reduce(tmp, cur, dst, op, div if last else None)
+        else:
+            kernel.reduce(cur, tmp, dst, op, div if last else None)
+        cur = dst
+    if f.partner is not None:
+        send(comm, dst, f.partner)

@@ -1,0 +1,100 @@
+"""Array backends: which library owns an array (NumPy, CuPy, Numba CUDA) and how to stage it through host memory.
+
+Nothing here imports CuPy or Numba: an array can only be a CuPy/Numba array if that library is already imported.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+NUMPY, CUPY, NUMBA_CUDA = "numpy", "cupy", "numba_cuda"
+
+
+def array_backend(x) -> str:
+    """Return ``"numpy"``, ``"cupy"`` or ``"numba_cuda"`` for an array, or raise ``TypeError``."""
+    if isinstance(x, np.ndarray):
+        return NUMPY
+    mod = type(x).__module__ or ""
+    if mod.startswith("cupy") and hasattr(x, "__cuda_array_interface__"):
+        return CUPY
+    if "numba" in sys.modules and mod.startswith("numba"):
+        from numba import cuda
+
+        if cuda.is_cuda_array(x):
+            return NUMBA_CUDA
+    raise TypeError(f"expected a NumPy, CuPy or Numba CUDA array, got {type(x).__module__}.{type(x).__qualname__}")
+
+
+def is_c_contiguous(x) -> bool:
+    flags = getattr(x, "flags", None)
+    if flags is not None:
+        try:
+            return bool(flags["C_CONTIGUOUS"])
+        except (KeyError, TypeError):
+            return bool(getattr(flags, "c_contiguous", False))
+    return bool(getattr(x, "is_c_contiguous", lambda: False)())
+
+
+def flat(x):
+    """Return a 1-D view of a C-contiguous array of any backend."""
+    return x.reshape(-1) if x.ndim != 1 else x
+
+
+def cuda_aware_mpi() -> bool:
+    """Whether to hand device buffers to MPI directly.
+
+    Set ``RING_ALLREDUCE_CUDA_AWARE=1`` when the MPI library is CUDA-aware (e.g. Open MPI built with UCX/CUDA);
+    the default stages device buffers through host memory, which works with every MPI.
+    """
+    return os.environ.get("RING_ALLREDUCE_CUDA_AWARE", "0").lower() in ("1", "true", "yes")
+
+
+def to_host(x) -> np.ndarray:
+    """Copy a device array to a new host array; waits for the array's pending work first."""
+    b = array_backend(x)
+    if b == NUMPY:
+        return x
+    synchronize(b)
+    if b == CUPY:
+        return x.get()
+    return x.copy_to_host()
+
+
+def from_host(host: np.ndarray, out) -> None:
+    """Copy ``host`` into the device array ``out`` (same shape and dtype) and wait for the copy."""
+    b = array_backend(out)
+    if b == NUMPY:
+        np.copyto(out, host)
+        return
+    if b == CUPY:
+        out.set(host)
+    else:
+        out.copy_to_device(host)
+    synchronize(b)
+
+
+def empty_like(x):
+    b = array_backend(x)
+    if b == NUMPY:
+        return np.empty_like(x)
+    if b == CUPY:
+        import cupy
+
+        return cupy.empty_like(x)
+    from numba import cuda
+
+    return cuda.device_array(x.shape, dtype=x.dtype)
+
+
+def synchronize(backend: str) -> None:
+    """Wait for the current stream so that MPI never reads a buffer a kernel is still writing."""
+    if backend == CUPY:
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+    elif backend == NUMBA_CUDA:
+        from numba import cuda
+
+        cuda.synchronize()

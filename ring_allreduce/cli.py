@@ -1,0 +1,39 @@
+"""``ring-allreduce`` / ``python -m ring_allreduce``: subcommands are loaded only when named, so each stays cheap."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: subcommand -> (module, one-line help); each module has ``main(argv) -> int``
+SUBCOMMANDS = {
+    "info": ("ring_allreduce.info", "print the MPI library, rank count, array backends and kernels"),
+    "bench": ("ring_allreduce.bench.cli", "benchmark the allreduce algorithms against native MPI_Allreduce"),
+    "train": ("ring_allreduce.train.cli", "data-parallel SGD on the hand-written allreduce"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: ring-allreduce {" + ",".join(SUBCOMMANDS) + "} [options]", "", "subcommands:"]
+    lines += [f"  {name:8s} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run under mpiexec, e.g.: mpiexec -n 2 ring-allreduce train"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"ring-allreduce: unknown subcommand {name!r}; valid: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    from . import abort
+
+    abort.install()
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
