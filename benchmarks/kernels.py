@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Measure the reduction kernels' bandwidth against a plain copy (issue 3: "the reduction kernel moves its bytes
+at least as fast as a plain copy does on this machine, and avg's scaling is fused").
+
+GB/s counts the bytes a kernel must move: a reduce reads ``a`` and ``b`` and writes ``out`` (3n bytes), a copy
+reads and writes (2n bytes). NumPy's ``add+divide`` makes two passes, so it moves 5n bytes for the same 3n of
+useful traffic: it is reported on the 3n basis, which is what the fused kernel is compared on.
+
+Each row is the median (and min) over ``--repeats`` samples; a sample times enough calls to last ~2 ms. Numba
+kernels are warmed up (compiled or loaded from the cache) before timing. No MPI: single process.
+
+Usage: python benchmarks/kernels.py [--minbytes 4K] [--maxbytes 64M] [--threads 1,default] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_JSON = os.path.join(HERE, "results", "kernels.json")
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().rstrip("B").rstrip("I")
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
+
+
+def _time(fn, nbytes_moved: int, repeats: int):
+    """Return (median seconds per call, min seconds per call) over ``repeats`` samples of ~2 ms each."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    calls = max(1, int(2e-3 / once))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - t0) / calls)
+    return float(np.median(samples)), float(min(samples))
+
+
+def cases(threads_label: str, threads: int, dtype):
+    """Yield (name, passes, factory(a, b, out) -> zero-argument callable, bytes factor)."""
+    from ring_allreduce.kernels.numpy_kernels import NumpyKernel
+
+    npk = NumpyKernel()
+    yield "copy (np.copyto)", "numpy", lambda a, b, o: (lambda: np.copyto(o, a)), 2
+    yield "numpy add", "numpy", lambda a, b, o: (lambda: np.add(a, b, out=o)), 3
+    yield "numpy add+divide (2 passes)", "numpy", lambda a, b, o: (lambda: npk.reduce(a, b, o, "sum", 2)), 3
+    try:
+        from ring_allreduce.kernels.numba_cpu import NumbaCpuKernel
+    except ImportError:
+        return
+    nk = NumbaCpuKernel(threads=threads, parallel_min_bytes=0 if threads > 1 else None)
+    yield f"numba add ({threads_label})", "numba", lambda a, b, o: (lambda: nk.reduce(a, b, o, "sum")), 3
+    yield (f"numba add+divide fused ({threads_label})", "numba",
+           lambda a, b, o: (lambda: nk.reduce(a, b, o, "sum", 2)), 3)
+    yield (f"numba add+divide fused, out=b ({threads_label})", "numba",
+           lambda a, b, o: (lambda: nk.reduce(a, b, b, "sum", 2)), 3)
+
+
+def measure(sizes, thread_configs, dtype, repeats):
+    """Return the rows: one per (thread config, case, size)."""
+    rows = []
+    seen_numpy = set()
+    for label, threads in thread_configs:
+        for name, kind, make, factor in cases(label, threads, dtype):
+            if kind == "numpy":
+                if name in seen_numpy:
+                    continue  # NumPy is single-threaded: measure it once
+                seen_numpy.add(name)
+            for size in sizes:
+                n = size // np.dtype(dtype).itemsize
+                rng = np.random.default_rng(n)
+                a = rng.standard_normal(n).astype(dtype)
+                b = rng.standard_normal(n).astype(dtype)
+                out = np.empty_like(a)
+                med, best = _time(make(a, b, out), factor * size, repeats)
+                rows.append({"kernel": name, "threads": threads if kind == "numba" else 1, "dtype": str(np.dtype(dtype)),
+                             "size_bytes": size, "count": n, "bytes_moved": factor * size,
+                             "time_us": med * 1e6, "time_us_min": best * 1e6,
+                             "GBps": factor * size / med / 1e9})
+    copy = {r["size_bytes"]: r["GBps"] for r in rows if r["kernel"].startswith("copy")}
+    for r in rows:
+        r["vs_copy"] = r["GBps"] / copy[r["size_bytes"]] if r["size_bytes"] in copy else None
+    return rows
+
+
+def table(rows) -> str:
+    sizes = sorted({r["size_bytes"] for r in rows})
+    names = list(dict.fromkeys(r["kernel"] for r in rows))
+    cell = {(r["kernel"], r["size_bytes"]): r for r in rows}
+    head = f"{'kernel (GB/s of bytes moved, x copy)':46s}" + "".join(f"{_fmt_size(s):>14s}" for s in sizes)
+    lines = [head, "-" * len(head)]
+    for name in names:
+        parts = []
+        for s in sizes:
+            r = cell.get((name, s))
+            parts.append(f"{r['GBps']:7.1f} {r['vs_copy']:4.2f}x" if r else " " * 14)
+        lines.append(f"{name:46s}" + "".join(f"{p:>14s}" for p in parts))
+    return "\n".join(lines)
+
+
+def _fmt_size(s: int) -> str:
+    return f"{s >> 20} MiB" if s >= 1 << 20 else f"{s >> 10} KiB"
+
+
+def meta(args, thread_configs) -> dict:
+    info = {"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "python": platform.python_version(),
+            "numpy": np.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+            "loadavg_1min": os.getloadavg()[0], "dtype": args.dtype, "repeats": args.repeats,
+            "thread_configs": [{"label": lbl, "threads": t} for lbl, t in thread_configs],
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+        info["numba_threading_layer_max_threads"] = numba.config.NUMBA_NUM_THREADS
+    except ImportError:
+        info["numba"] = None
+    return info
+
+
+def write_json(path: str, doc: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-b", "--minbytes", default="4K", help="smallest operand size (default 4K)")
+    ap.add_argument("-e", "--maxbytes", default="64M", help="largest operand size (default 64M)")
+    ap.add_argument("-f", "--stepfactor", type=int, default=4)
+    ap.add_argument("-d", "--dtype", default="float32")
+    ap.add_argument("-r", "--repeats", type=int, default=21, help="samples per row; the median is reported")
+    ap.add_argument("--threads", default="1,default",
+                    help="Numba thread counts to measure: integers or 'default' (all CPUs), comma-separated")
+    ap.add_argument("--json", default=DEFAULT_JSON, help=f"write rows here (default {DEFAULT_JSON}; '' to skip)")
+    args = ap.parse_args(argv)
+    sizes = []
+    s = parse_size(args.minbytes)
+    while s <= parse_size(args.maxbytes):
+        sizes.append(s)
+        s *= args.stepfactor
+    from ring_allreduce.kernels.numba_cpu import cpu_count
+
+    thread_configs = []
+    for t in args.threads.split(","):
+        thread_configs.append(("default threads", cpu_count()) if t == "default" else (f"{int(t)} thread", int(t)))
+    rows = measure(sizes, thread_configs, args.dtype, args.repeats)
+    doc = {"meta": meta(args, thread_configs), "rows": rows}
+    print(f"# {doc['meta']['command']}  (dtype {args.dtype}, median of {args.repeats}, "
+          f"load {doc['meta']['loadavg_1min']:.2f}, numba {doc['meta'].get('numba')})")
+    print(table(rows))
+    if args.json:
+        write_json(args.json, doc)
+        print(f"# wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""GPU compression kernels: Numba CUDA kernels (tested on CPU under ``NUMBA_ENABLE_CUDASIM=1``) and CuPy versions.
+
+Same conventions as :mod:`.compress_numpy`. Each set validates, allocates, then launches; nothing compiles or
+touches a GPU until a kernel is first used. Scales and norms come back to the host as float32 (one 4-byte copy):
+they go into the payload header, which is host memory anyway. Reductions (``sum |x|``, ``max |x|``, ``sum x^2``)
+use atomics, so the float32 scale may differ from NumPy's in the last bits; the codes themselves are computed from
+that scale and are exact. Top-k selection is provided by the CuPy set only (``cupy.argpartition``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_THREADS = 128
+
+
+def _blocks(n: int) -> int:
+    return max(1, math.ceil(n / _THREADS))
+
+
+class NumbaCudaKernels:
+    """Compression kernels on Numba CUDA device arrays."""
+
+    name = "numba_cuda"
+    backend = "numba_cuda"
+
+    def __init__(self):
+        from numba import cuda
+
+        self.cuda = cuda
+
+        @cuda.jit
+        def sign_encode(x, bits, acc):
+            b = cuda.grid(1)
+            if b < bits.size:
+                base = b * 8
+                byte = 0
+                s = 0.0
+                for j in range(8):
+                    i = base + j
+                    if i < x.size:
+                        v = x[i]
+                        if v < 0:
+                            byte |= 1 << j
+                            s -= v
+                        else:
+                            s += v
+                bits[b] = byte
+                cuda.atomic.add(acc, 0, s)
+
+        @cuda.jit
+        def sign_decode(bits, n, scale, out, add):
+            i = cuda.grid(1)
+            if i < n:
+                v = -scale if (bits[i >> 3] >> (i & 7)) & 1 else scale
+                if add:
+                    out[i] += v
+                else:
+                    out[i] = v
+
+        @cuda.jit
+        def absmax(x, acc):
+            i = cuda.grid(1)
+            if i < x.size:
+                cuda.atomic.max(acc, 0, abs(x[i]))
+
+        @cuda.jit
+        def sumsq(x, acc):
+            i = cuda.grid(1)
+            if i < x.size:
+                cuda.atomic.add(acc, 0, x[i] * x[i])
+
+        @cuda.jit
+        def int8_encode(x, scale, q):
+            i = cuda.grid(1)
+            if i < x.size:
+                v = round(x[i] / scale)  # round half to even, like np.rint
+                q[i] = max(-127, min(127, v))
+
+        @cuda.jit
+        def levels_decode(q, scale, out, add):
+            i = cuda.grid(1)
+            if i < q.size:
+                v = q[i] * scale
+                if add:
+                    out[i] += v
+                else:
+                    out[i] = v
+
+        @cuda.jit
+        def qsgd_encode(x, mult, s, u, levels):
+            i = cuda.grid(1)
+            if i < x.size:
+                v = x[i]
+                m = math.floor(abs(v) * mult + u[i])
+                m = min(m, s)
+                levels[i] = -m if v < 0 else m
+
+        @cuda.jit
+        def gather(x, idx, out):
+            j = cuda.grid(1)
+            if j < idx.size:
+                out[j] = x[idx[j]]
+
+        @cuda.jit
+        def scatter(idx, vals, out):
+            j = cuda.grid(1)
+            if j < idx.size:
+                out[idx[j]] += vals[j]
+
+        @cuda.jit
+        def fill_zero(out):
+            i = cuda.grid(1)
+            if i < out.size:
+                out[i] = 0
+
+        self._k = dict(sign_encode=sign_encode, sign_decode=sign_decode, absmax=absmax, sumsq=sumsq,
+                       int8_encode=int8_encode, levels_decode=levels_decode, qsgd_encode=qsgd_encode,
+                       gather=gather, scatter=scatter, fill_zero=fill_zero)
+
+    def _scalar_reduce(self, kernel, x, dtype=np.float64):
+        acc = self.cuda.to_device(np.zeros(1, dtype))
+        kernel[_blocks(x.size), _THREADS](x, acc)
+        return acc.copy_to_host()[0]
+
+    def sign_encode(self, x):
+        bits = self.cuda.device_array((x.size + 7) // 8, np.uint8)
+        acc = self.cuda.to_device(np.zeros(1, np.float64))
+        self._k["sign_encode"][_blocks(bits.size), _THREADS](x, bits, acc)
+        total = acc.copy_to_host()[0]
+        return bits, np.float32(total / x.size if x.size else 0.0)
+
+    def sign_decode(self, bits, n, scale, out, add=False):
+        self._k["sign_decode"][_blocks(n), _THREADS](bits, n, np.float32(scale), out, add)
+        return out
+
+    def int8_encode(self, x):
+        q = self.cuda.device_array(x.size, np.int8)
+        amax = self._scalar_reduce(self._k["absmax"], x, np.float32) if x.size else 0.0
+        scale = np.float32(amax / 127.0)
+        if scale == 0:
+            self._k["fill_zero"][_blocks(x.size), _THREADS](q)
+        else:
+            self._k["int8_encode"][_blocks(x.size), _THREADS](x, scale, q)
+        return q, scale
+
+    def int8_decode(self, q, scale, out, add=False):
+        self._k["levels_decode"][_blocks(q.size), _THREADS](q, np.float32(scale), out, add)
+        return out
+
+    def qsgd_encode(self, x, s, u):
+        levels = self.cuda.device_array(x.size, np.int8)
+        norm = np.float32(math.sqrt(self._scalar_reduce(self._k["sumsq"], x))) if x.size else np.float32(0)
+        if norm == 0:
+            self._k["fill_zero"][_blocks(x.size), _THREADS](levels)
+        else:
+            self._k["qsgd_encode"][_blocks(x.size), _THREADS](x, np.float32(s / norm), np.float32(s), u, levels)
+        return levels, norm
+
+    def qsgd_decode(self, levels, norm, s, out, add=False):
+        return self.int8_decode(levels, np.float32(np.float32(norm) / np.float32(s)), out, add)
+
+    def topk_indices(self, x, k):
+        raise NotImplementedError("top-k selection on Numba CUDA arrays is not provided; use the 'cupy' set")
+
+    def gather(self, x, idx):
+        out = self.cuda.device_array(idx.size, x.dtype)
+        self._k["gather"][_blocks(idx.size), _THREADS](x, idx, out)
+        return out
+
+    def scatter(self, idx, vals, out, add=False):
+        if not add:
+            self._k["fill_zero"][_blocks(out.size), _THREADS](out)
+        self._k["scatter"][_blocks(idx.size), _THREADS](idx, vals, out)
+        return out
+
+
+class CupyKernels:
+    """Compression kernels on CuPy arrays (CuPy's own packbits / argpartition / elementwise ops)."""
+
+    name = "cupy"
+    backend = "cupy"
+
+    def __init__(self):
+        import cupy
+
+        self.cp = cupy
+
+    def sign_encode(self, x):
+        cp = self.cp
+        bits = cp.packbits(x < 0, bitorder="little")
+        scale = np.float32(float(cp.abs(x, dtype=cp.float64).mean())) if x.size else np.float32(0)
+        return bits, scale
+
+    def sign_decode(self, bits, n, scale, out, add=False):
+        cp = self.cp
+        neg = cp.unpackbits(bits, bitorder="little")[:n].astype(bool)
+        vals = cp.where(neg, -np.float32(scale), np.float32(scale)).astype(out.dtype, copy=False)
+        if add:
+            out += vals
+        else:
+            out[...] = vals
+        return out
+
+    def int8_encode(self, x):
+        cp = self.cp
+        scale = np.float32(float(cp.abs(x).max()) / 127.0) if x.size else np.float32(0)
+        if scale == 0:
+            return cp.zeros(x.size, cp.int8), scale
+        q = cp.clip(cp.rint(x.astype(cp.float32) / scale), -127, 127)
+        return q.astype(cp.int8), scale
+
+    def int8_decode(self, q, scale, out, add=False):
+        vals = q.astype(self.cp.float32) * np.float32(scale)
+        if add:
+            out += vals
+        else:
+            out[...] = vals
+        return out
+
+    def qsgd_encode(self, x, s, u):
+        cp = self.cp
+        norm = np.float32(float(cp.sqrt(cp.dot(x.astype(cp.float64), x.astype(cp.float64))))) if x.size else np.float32(0)
+        if norm == 0:
+            return cp.zeros(x.size, cp.int8), norm
+        mag = cp.minimum(cp.floor(cp.abs(x).astype(cp.float32) * np.float32(s / norm) + u.astype(cp.float32)), s)
+        return (cp.sign(x).astype(cp.float32) * mag).astype(cp.int8), norm
+
+    def qsgd_decode(self, levels, norm, s, out, add=False):
+        return self.int8_decode(levels, np.float32(np.float32(norm) / np.float32(s)), out, add)
+
+    def topk_indices(self, x, k):
+        cp = self.cp
+        n = x.size
+        if k >= n:
+            return cp.arange(n, dtype=cp.int32)
+        idx = cp.argpartition(cp.abs(x), n - k)[n - k:]
+        return cp.sort(idx).astype(cp.int32)
+
+    def gather(self, x, idx):
+        return x[idx]
+
+    def scatter(self, idx, vals, out, add=False):
+        if not add:
+            out[...] = 0
+        out[idx] += vals.astype(out.dtype, copy=False)
+        return out

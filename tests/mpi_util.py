@@ -1,0 +1,29 @@
+"""Helpers for MPI tests: collective assertions (so one failing rank fails every rank, never hangs them)."""
+import numpy as np
+
+
+def all_ok(comm, ok: bool, what: str = "") -> None:
+    """Assert ``ok`` on every rank: each rank learns which ranks failed, so all fail together."""
+    oks = comm.allgather(bool(ok))
+    bad = [r for r, v in enumerate(oks) if not v]
+    assert not bad, f"{what} failed on rank(s) {bad}"
+
+
+def assert_identical(comm, arr, what: str = "result") -> None:
+    """Assert every rank holds bit-identical bytes."""
+    arr = np.ascontiguousarray(arr)
+    digests = comm.allgather(arr.tobytes())
+    differing = [r for r, d in enumerate(digests) if d != digests[0]]
+    assert not differing, f"{what} differs from rank 0's on rank(s) {differing}"
+
+
+def rank_input(seed: int, rank: int, n: int, dtype, op: str = "sum") -> np.ndarray:
+    """The deterministic input of ``rank``; any rank can build every rank's input to form a reference."""
+    rng = np.random.default_rng([seed, rank, n])
+    dt = np.dtype(dtype)
+    if op == "prod":  # keep products small and exact
+        vals = rng.choice(np.array([1, 1, 1, 2, -1]), size=n)
+        return vals.astype(dt)
+    if dt.kind == "f":
+        return rng.standard_normal(n).astype(dt)
+    return rng.integers(-1000, 1000, size=n).astype(dt)

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Run every test tier and print one closing line: ``total: N passed, N failed, N skipped``.
+
+Tiers: ``unit`` (no MPI launcher: schedules, registries, kernels), ``mpi`` (``mpiexec -n N`` for N in
+``--ranks``, default 1..5), ``cudasim`` (Numba CUDA kernels under ``NUMBA_ENABLE_CUDASIM=1``), ``gpu`` (skipped
+with a reason without a GPU), ``slurm`` (skipped with a reason without slurm-wlm). A tier's verdict comes from
+the exit status of pytest (or of mpiexec, which fails if any rank failed), never from rank 0's output alone;
+pytest's exit 5 (no tests collected) counts as a failure. Each pytest run has per-test timeouts with
+``--timeout-method=thread`` and the whole run a wall-clock limit, so a hang fails instead of blocking.
+
+Usage: python tests/run.py [--tiers unit,mpi,cudasim,gpu,slurm] [--ranks 1,2,3,4,5] [-k EXPR] [-x]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIERS = ("unit", "mpi", "cudasim", "gpu", "slurm")
+MPI_ONLY = "mpi and not cudasim and not gpu and not slurm"
+_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
+
+
+def mpiexec_prefix(n: int) -> list:
+    """``mpiexec -n N`` plus the flags the installed launcher needs (Open MPI as root / oversubscribed)."""
+    exe = shutil.which("mpiexec")
+    if exe is None:
+        sys.exit("tests/run.py: no mpiexec on PATH; install the [mpich] or [openmpi] extra")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    cmd = [exe, "-n", str(n)]
+    if "Open MPI" in out or "OpenRTE" in out or "prte" in out.lower():
+        cmd += ["--oversubscribe"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd += ["--allow-run-as-root"]
+    return cmd
+
+
+def summarize(text: str) -> dict:
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    lines = [ln for ln in text.splitlines() if re.search(r"\d+ (passed|failed|skipped|error)", ln)
+             and (" in " in ln or ln.startswith("="))]
+    if lines:
+        for num, word in _COUNT.findall(lines[-1]):
+            if word in ("passed", "xfailed"):
+                counts["passed"] += int(num)
+            elif word in ("failed", "error", "errors", "xpassed"):
+                counts["failed"] += int(num)
+            elif word == "skipped":
+                counts["skipped"] += int(num)
+    return counts
+
+
+def run(label: str, cmd: list, env: dict, limit: int) -> dict:
+    print(f"\n=== {label}: {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=limit)
+        out, rc = proc.stdout, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        out += f"\n*** {label}: killed after {limit} s (hang)\n"
+        rc = -1
+    sys.stdout.write(out)
+    counts = summarize(out)
+    if rc == 5:
+        print(f"*** {label}: pytest collected no tests (exit 5): counted as a failure")
+    if rc != 0 and counts["failed"] == 0:
+        counts["failed"] = 1  # a rank other than 0 failed, a crash, a hang or no tests: still a failure
+    log_dir = env.get("RA_RANK_LOG_DIR")
+    if rc != 0 and log_dir and os.path.isdir(log_dir):
+        for name in sorted(os.listdir(log_dir)):
+            with open(os.path.join(log_dir, name), errors="replace") as fh:
+                text = fh.read()
+            print(f"--- {label} {name} (last 4000 chars) ---\n{text[-4000:]}")
+    print(f"=== {label}: exit {rc} after {time.time() - t0:.1f} s: {counts}", flush=True)
+    return counts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiers", default=",".join(TIERS))
+    ap.add_argument("--ranks", default="1,2,3,4,5")
+    ap.add_argument("-k", default=None, help="pytest -k expression")
+    ap.add_argument("-x", action="store_true", help="stop at the first failing tier")
+    args = ap.parse_args()
+    tiers = [t for t in args.tiers.split(",") if t]
+    unknown = set(tiers) - set(TIERS)
+    if unknown:
+        ap.error(f"unknown tier(s) {sorted(unknown)}; valid: {', '.join(TIERS)}")
+    py = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "--color=no", "--timeout-method=thread"]
+    if args.k:
+        py += ["-k", args.k]
+    base_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    base_env.setdefault("OMP_NUM_THREADS", "1")
+    total = {"passed": 0, "failed": 0, "skipped": 0}
+    t0 = time.time()
+    for tier in tiers:
+        runs = []
+        if tier == "unit":
+            runs.append(("unit", py + ["--timeout=300", "-m", "not mpi and not cudasim and not gpu and not slurm"], {}, 900))
+        elif tier == "mpi":
+            for n in [int(v) for v in args.ranks.split(",") if v]:
+                extra = {}
+                if n > (os.cpu_count() or 1) * 2:
+                    extra["MPIR_CVAR_ENABLE_HEAVY_YIELD"] = "1"  # MPICH ranks busy-poll: yield when oversubscribed
+                runs.append((f"mpi n={n}", mpiexec_prefix(n) + py + ["--timeout=240", "--with-mpi", "-m", MPI_ONLY],
+                             extra, 1200))
+        elif tier == "cudasim":
+            sim = {"NUMBA_ENABLE_CUDASIM": "1"}
+            runs.append(("cudasim", py + ["--timeout=600", "-m", "cudasim and not mpi"], sim, 1200))
+            runs.append(("cudasim n=2", mpiexec_prefix(2) + py + ["--timeout=600", "--with-mpi", "-m", "cudasim and mpi"],
+                         sim, 1200))
+        elif tier == "gpu":
+            runs.append(("gpu", py + ["--timeout=600", "-m", "gpu"], {}, 1200))
+        elif tier == "slurm":
+            runs.append(("slurm", py + ["--timeout=600", "-m", "slurm"], {}, 1200))
+        for label, cmd, extra, limit in runs:
+            env = dict(base_env, **extra)
+            env["RA_RANK_LOG_DIR"] = tempfile.mkdtemp(prefix="ra-ranks-")
+            c = run(label, cmd, env, limit)
+            for k in total:
+                total[k] += c[k]
+            shutil.rmtree(env["RA_RANK_LOG_DIR"], ignore_errors=True)
+            if args.x and c["failed"]:
+                break
+    print(f"\n(all tiers: {time.time() - t0:.0f} s)")
+    print(f"total: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped")
+    return 1 if total["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
