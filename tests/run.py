@@ -97,6 +97,7 @@ def main() -> int:
     py = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "--color=no", "--timeout-method=thread"]
     if args.k:
         py += ["-k", args.k]
+    rank_py = [sys.executable, "-m", "tests.rank_pytest"] + py[3:]  # same options; ranks > 0 log to files
     base_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     base_env.setdefault("OMP_NUM_THREADS", "1")
     total = {"passed": 0, "failed": 0, "skipped": 0}
@@ -110,12 +111,12 @@ def main() -> int:
                 extra = {}
                 if n > (os.cpu_count() or 1) * 2:
                     extra["MPIR_CVAR_ENABLE_HEAVY_YIELD"] = "1"  # MPICH ranks busy-poll: yield when oversubscribed
-                runs.append((f"mpi n={n}", mpiexec_prefix(n) + py + ["--timeout=240", "--with-mpi", "-m", MPI_ONLY],
+                runs.append((f"mpi n={n}", mpiexec_prefix(n) + rank_py + ["--timeout=240", "--with-mpi", "-m", MPI_ONLY],
                              extra, 1200))
         elif tier == "cudasim":
             sim = {"NUMBA_ENABLE_CUDASIM": "1"}
             runs.append(("cudasim", py + ["--timeout=600", "-m", "cudasim and not mpi"], sim, 1200))
-            runs.append(("cudasim n=2", mpiexec_prefix(2) + py + ["--timeout=600", "--with-mpi", "-m", "cudasim and mpi"],
+            runs.append(("cudasim n=2", mpiexec_prefix(2) + rank_py + ["--timeout=600", "--with-mpi", "-m", "cudasim and mpi"],
                          sim, 1200))
         elif tier == "gpu":
             runs.append(("gpu", py + ["--timeout=600", "-m", "gpu"], {}, 1200))
