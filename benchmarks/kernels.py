@@ -6,8 +6,9 @@ GB/s counts the bytes a kernel must move: a reduce reads ``a`` and ``b`` and wri
 reads and writes (2n bytes). NumPy's ``add+divide`` makes two passes, so it moves 5n bytes for the same 3n of
 useful traffic: it is reported on the 3n basis, which is what the fused kernel is compared on.
 
-Each row is the median (and min) over ``--repeats`` samples; a sample times enough calls to last ~2 ms. Numba
-kernels are warmed up (compiled or loaded from the cache) before timing. No MPI: single process.
+Each row is the median (and min) over ``--repeats`` samples; a sample times enough calls to last ~2 ms, and the
+cases take turns within each repeat. Numba kernels are warmed up (compiled or loaded from the cache) before
+timing. No MPI: one process; "default threads" means all CPUs this process may use.
 
 Usage: python benchmarks/kernels.py [--minbytes 4K] [--maxbytes 64M] [--threads 1,default] [--json PATH]
 """
@@ -33,66 +34,71 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
 
 
-def _time(fn, nbytes_moved: int, repeats: int):
-    """Return (median seconds per call, min seconds per call) over ``repeats`` samples of ~2 ms each."""
+def _calls_per_sample(fn) -> int:
+    """Warm ``fn`` up (compiles Numba kernels) and return how many calls last ~2 ms."""
     fn()
     t0 = time.perf_counter()
     fn()
-    once = max(time.perf_counter() - t0, 1e-7)
-    calls = max(1, int(2e-3 / once))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter() - t0) / calls)
-    return float(np.median(samples)), float(min(samples))
+    return max(1, int(2e-3 / max(time.perf_counter() - t0, 1e-7)))
 
 
-def cases(threads_label: str, threads: int, dtype):
-    """Yield (name, passes, factory(a, b, out) -> zero-argument callable, bytes factor)."""
+def cases(thread_configs):
+    """Yield (name, threads, factory(a, b, out) -> zero-argument callable, bytes-moved factor)."""
     from ring_allreduce.kernels.numpy_kernels import NumpyKernel
 
     npk = NumpyKernel()
-    yield "copy (np.copyto)", "numpy", lambda a, b, o: (lambda: np.copyto(o, a)), 2
-    yield "numpy add", "numpy", lambda a, b, o: (lambda: np.add(a, b, out=o)), 3
-    yield "numpy add+divide (2 passes)", "numpy", lambda a, b, o: (lambda: npk.reduce(a, b, o, "sum", 2)), 3
+    yield "copy (np.copyto)", 1, lambda a, b, o: (lambda: np.copyto(o, a)), 2
+    yield "numpy add", 1, lambda a, b, o: (lambda: np.add(a, b, out=o)), 3
+    yield "numpy add, out=b", 1, lambda a, b, o: (lambda: np.add(a, b, out=b)), 3
+    yield "numpy add+divide (2 passes)", 1, lambda a, b, o: (lambda: npk.reduce(a, b, o, "sum", 2)), 3
+    yield "numpy add+divide, out=b (2 passes)", 1, lambda a, b, o: (lambda: npk.reduce(a, b, b, "sum", 2)), 3
     try:
         from ring_allreduce.kernels.numba_cpu import NumbaCpuKernel
     except ImportError:
         return
-    nk = NumbaCpuKernel(threads=threads, parallel_min_bytes=0 if threads > 1 else None)
-    yield f"numba add ({threads_label})", "numba", lambda a, b, o: (lambda: nk.reduce(a, b, o, "sum")), 3
-    yield (f"numba add+divide fused ({threads_label})", "numba",
-           lambda a, b, o: (lambda: nk.reduce(a, b, o, "sum", 2)), 3)
-    yield (f"numba add+divide fused, out=b ({threads_label})", "numba",
-           lambda a, b, o: (lambda: nk.reduce(a, b, b, "sum", 2)), 3)
+    for label, threads in thread_configs:
+        # with threads, take the threaded path at every size, to show where it pays off
+        nk = NumbaCpuKernel(threads=threads, parallel_min_bytes=0 if threads > 1 else None)
+        yield f"numba add ({label})", threads, lambda a, b, o, k=nk: (lambda: k.reduce(a, b, o, "sum")), 3
+        yield f"numba add, out=b ({label})", threads, lambda a, b, o, k=nk: (lambda: k.reduce(a, b, b, "sum")), 3
+        yield (f"numba add+divide fused ({label})", threads,
+               lambda a, b, o, k=nk: (lambda: k.reduce(a, b, o, "sum", 2)), 3)
+        yield (f"numba add+divide fused, out=b ({label})", threads,
+               lambda a, b, o, k=nk: (lambda: k.reduce(a, b, b, "sum", 2)), 3)
 
 
 def measure(sizes, thread_configs, dtype, repeats):
-    """Return the rows: one per (thread config, case, size)."""
+    """Return one row per (case, size): median and min over ``repeats`` samples of ~2 ms.
+
+    The cases take turns within each repeat, so a burst of load from other processes hits all of them alike.
+    """
     rows = []
-    seen_numpy = set()
-    for label, threads in thread_configs:
-        for name, kind, make, factor in cases(label, threads, dtype):
-            if kind == "numpy":
-                if name in seen_numpy:
-                    continue  # NumPy is single-threaded: measure it once
-                seen_numpy.add(name)
-            for size in sizes:
-                n = size // np.dtype(dtype).itemsize
-                rng = np.random.default_rng(n)
-                a = rng.standard_normal(n).astype(dtype)
-                b = rng.standard_normal(n).astype(dtype)
-                out = np.empty_like(a)
-                med, best = _time(make(a, b, out), factor * size, repeats)
-                rows.append({"kernel": name, "threads": threads if kind == "numba" else 1, "dtype": str(np.dtype(dtype)),
-                             "size_bytes": size, "count": n, "bytes_moved": factor * size,
-                             "time_us": med * 1e6, "time_us_min": best * 1e6,
-                             "GBps": factor * size / med / 1e9})
+    all_cases = list(cases(thread_configs))
+    for size in sizes:
+        n = size // np.dtype(dtype).itemsize
+        rng = np.random.default_rng(n)
+        a = rng.standard_normal(n).astype(dtype)
+        b = rng.standard_normal(n).astype(dtype)
+        out = np.empty_like(a)
+        # out=b cases get their own b (add grows it, add+divide pulls it towards a: no overflow, no subnormals)
+        fns = [make(a, b.copy() if "out=b" in name else b, out) for name, _, make, _ in all_cases]
+        calls = [_calls_per_sample(fn) for fn in fns]
+        samples = [[] for _ in fns]
+        for _ in range(repeats):
+            for i, fn in enumerate(fns):
+                t0 = time.perf_counter()
+                for _ in range(calls[i]):
+                    fn()
+                samples[i].append((time.perf_counter() - t0) / calls[i])
+        for (name, threads, _, factor), ts in zip(all_cases, samples):
+            med = float(np.median(ts))
+            rows.append({"kernel": name, "threads": threads, "dtype": str(np.dtype(dtype)), "size_bytes": size,
+                         "count": n, "bytes_moved": factor * size, "time_us": med * 1e6,
+                         "time_us_min": min(ts) * 1e6, "GBps": factor * size / med / 1e9,
+                         "GBps_best": factor * size / min(ts) / 1e9})
     copy = {r["size_bytes"]: r["GBps"] for r in rows if r["kernel"].startswith("copy")}
     for r in rows:
-        r["vs_copy"] = r["GBps"] / copy[r["size_bytes"]] if r["size_bytes"] in copy else None
+        r["vs_copy"] = r["GBps"] / copy[r["size_bytes"]]
     return rows
 
 

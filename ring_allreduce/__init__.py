@@ -8,6 +8,7 @@ from .algorithms import names as algorithm_names
 from .algorithms import register as register_algorithm
 from .api import allreduce
 from .errors import ArgumentError, MismatchError
+from .shm import SharedAllocator, shared_empty, shared_zeros
 
 __version__ = "0.1.0"
 
@@ -18,5 +19,8 @@ __all__ = [
     "register_algorithm",
     "get_algorithm",
     "algorithm_names",
+    "shared_empty",
+    "shared_zeros",
+    "SharedAllocator",
     "__version__",
 ]

@@ -17,6 +17,7 @@ class Registry:
     def __init__(self, family: str) -> None:
         self.family = family
         self._items: Dict[str, Any] = {}
+        self._built: Dict[str, Any] = {}  # what build() made from a registered factory
 
     def register(self, name: str, obj: Any = None, *, overwrite: bool = False) -> Any:
         """Register ``obj`` under ``name``; without ``obj``, return a decorator that does it."""
@@ -27,6 +28,7 @@ class Registry:
             if name in self._items and not overwrite:
                 raise ValueError(f"{self.family} {name!r} is already registered (pass overwrite=True to replace it)")
             self._items[name] = o
+            self._built.pop(name, None)
             return o
 
         return _add if obj is None else _add(obj)
@@ -34,6 +36,20 @@ class Registry:
     def unregister(self, name: str) -> None:
         self.get(name)
         del self._items[name]
+        self._built.pop(name, None)
+
+    def build(self, name: str) -> Any:
+        """Call the zero-argument factory registered as ``name`` once and return (and keep) what it made.
+
+        For families whose entries must not be built at import (JIT-compiled or GPU kernels).
+        """
+        if name not in self._built:
+            self._built[name] = self.get(name)()
+        return self._built[name]
+
+    def built(self, name: str) -> Any:
+        """What :meth:`build` made for ``name`` so far, or None."""
+        return self._built.get(name)
 
     def get(self, name: str) -> Any:
         try:

@@ -35,9 +35,20 @@ def check(comm, words: np.ndarray, details: dict, error: Exception = None) -> No
 
     buf = np.concatenate([words, -words])
     comm.Allreduce(MPI.IN_PLACE, buf, MPI.MAX)
-    k = words.size
-    if np.array_equal(buf[:k], -buf[k:]) and not (buf[1] & 1):
+    if agreed(buf):
         return
+    explain(comm, details, error)
+
+
+def agreed(buf: np.ndarray) -> bool:
+    """Whether the reduced ``[max(words), max(-words)]`` shows the same words on every rank and no error bit."""
+    b = buf.tolist()  # four Python ints: cheaper to compare than NumPy slices on the small-message path
+    k = len(b) // 2
+    return not (b[1] & 1) and all(b[i] == -b[k + i] for i in range(k))
+
+
+def explain(comm, details: dict, error: Exception = None) -> None:
+    """After a failed :func:`agreed` (the same on every rank): gather the details and raise the same error everywhere."""
     everyone = comm.allgather((details, None if error is None else f"{type(error).__name__}: {error}"))
     failed = [(r, msg) for r, (_, msg) in enumerate(everyone) if msg is not None]
     if failed:

@@ -22,7 +22,11 @@ def array_backend(x) -> str:
     if "numba" in sys.modules and mod.startswith("numba"):
         from numba import cuda
 
-        if cuda.is_cuda_array(x):
+        if hasattr(cuda, "is_cuda_array"):
+            is_device = cuda.is_cuda_array(x)
+        else:  # the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) has no is_cuda_array
+            is_device = isinstance(x, cuda.devicearray.FakeCUDAArray)
+        if is_device:
             return NUMBA_CUDA
     raise TypeError(f"expected a NumPy, CuPy or Numba CUDA array, got {type(x).__module__}.{type(x).__qualname__}")
 

@@ -74,7 +74,10 @@ def collect(comm) -> dict:
     for name in kernels.names():
         try:
             k = kernels.get(name)
-            report["kernels"][name] = {"available": True, "backend": k.backend}
+            report["kernels"][name] = {"available": True, "backend": k.backend,
+                                       "default": kernels.DEFAULTS.get(k.backend) == name}
+            if getattr(k, "threads", None) is not None:  # Numba CPU: threads per rank (cpus // ranks on the node)
+                report["kernels"][name]["threads"] = k.threads
         except Exception as e:  # noqa: BLE001
             report["kernels"][name] = {"available": False, "why": f"{type(e).__name__}: {e}"}
     return report
@@ -101,5 +104,9 @@ def main(argv=None) -> int:
         print(f"  {label:14s} {'yes' if b['available'] else 'no ':3s}  {b['detail']}")
     print("kernels:")
     for name, k in report["kernels"].items():
-        print(f"  {name:14s} {'yes, ' + k['backend'] + ' arrays' if k['available'] else 'no: ' + k['why']}")
+        if not k["available"]:
+            print(f"  {name:14s} no: {k['why']}")
+            continue
+        extra = (", default" if k["default"] else "") + (f", {k['threads']} thread(s)" if "threads" in k else "")
+        print(f"  {name:14s} yes, {k['backend']} arrays{extra}")
     return 0

@@ -28,11 +28,16 @@ def normalize_op(op) -> str:
     raise ArgumentError(f"unsupported op {op!r}; valid ops: {', '.join(OPS)} (or MPI.SUM/PROD/MIN/MAX)")
 
 
+_MPI_OPS: dict = {}
+
+
 def mpi_op(name: str):
     """Return the ``MPI.Op`` that computes ``name`` (``avg`` is a sum followed by a division)."""
-    from mpi4py import MPI
+    if not _MPI_OPS:  # built once: this sits on the small-message path
+        from mpi4py import MPI
 
-    return {"sum": MPI.SUM, "avg": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX}[name]
+        _MPI_OPS.update({"sum": MPI.SUM, "avg": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX})
+    return _MPI_OPS[name]
 
 
 def check_dtype(dtype) -> np.dtype:

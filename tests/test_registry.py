@@ -48,3 +48,15 @@ def test_import_is_light():
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_build_calls_the_factory_once_and_reregistering_rebuilds():
+    calls = []
+    reg = Registry("gadget")
+    reg.register("g", lambda: calls.append(1) or object())
+    first = reg.build("g")
+    assert reg.build("g") is first and reg.built("g") is first and len(calls) == 1
+    reg.register("g", lambda: "new", overwrite=True)
+    assert reg.built("g") is None and reg.build("g") == "new"
+    with pytest.raises(UnknownNameError, match="valid names: g"):
+        reg.build("h")

@@ -9,10 +9,12 @@ reach it. ``"auto"`` is not an entry: it is resolved by :mod:`.auto` to one of t
 from __future__ import annotations
 
 from .._registry import Registry
+from .hierarchical import hierarchical
 from .native import native
 from .rabenseifner import rabenseifner
 from .recursive_doubling import recursive_doubling
 from .ring import ring
+from .shm_path import shm
 from .tree import tree
 
 registry = Registry("algorithm")
@@ -21,6 +23,8 @@ registry.register("tree", tree)
 registry.register("recursive_doubling", recursive_doubling)
 registry.register("rabenseifner", rabenseifner)
 registry.register("mpi", native)
+registry.register("shm", shm)
+registry.register("hierarchical", hierarchical)
 
 
 def register(name: str, fn=None, *, overwrite: bool = False):

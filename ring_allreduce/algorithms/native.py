@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from ..ops import mpi_op
+from ._common import _MPI, mpi
 
 
 def native(comm, src, dst, op, kernel, div=None):
-    from mpi4py import MPI
-
     # mpi4py derives the MPI datatype from the array's typecode (float16 -> MPIX_C_FLOAT16 where MPI has it)
-    comm.Allreduce(MPI.IN_PLACE if src is dst else src, dst, mpi_op(op))
+    comm.Allreduce((_MPI[0] if _MPI else mpi()).IN_PLACE if src is dst else src, dst, mpi_op(op))
     if div is not None and div != 1:
         kernel.scale(dst, dst, div)

@@ -6,20 +6,27 @@ product, min and max are commutative bit for bit, and the operand order is fixed
 """
 from __future__ import annotations
 
+import functools
+
 from .. import schedules
 from ._common import recv, scratch, send, sendrecv
 
 
+@functools.lru_cache(maxsize=1024)
+def _schedule(r: int, p: int):
+    # pure in (rank, size); cached because small messages cannot afford rebuilding it every call
+    return schedules.fold(r, p), tuple(schedules.recursive_doubling(r, p))
+
+
 def recursive_doubling(comm, src, dst, op, kernel, div=None):
     p, r = comm.Get_size(), comm.Get_rank()
-    f = schedules.fold(r, p)
-    tmp = scratch(kernel, src.size, src.dtype)
+    f, partners = _schedule(r, p)
     if f.newrank is None:  # even rank of a folded pair: hand over the data, wait for the result
         send(comm, src, f.partner)
         recv(comm, dst, f.partner)
         return
+    tmp = scratch(kernel, src.size, src.dtype)
     cur = src
-    partners = schedules.recursive_doubling(r, p)
     if f.partner is not None:
         recv(comm, tmp, f.partner)
         kernel.reduce(tmp, cur, dst, op, None if partners else div)

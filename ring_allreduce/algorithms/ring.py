@@ -3,61 +3,101 @@
 Each chunk is reduced exactly once per rank along the ring and the final value is computed by one rank and copied
 to the others, so every rank ends with identical bytes. The reduce-scatter is segmented: each chunk travels as
 segments of ``segment_bytes`` so the received segment is still in cache when it is reduced, and the receive of the
-next segment is posted before the current one is reduced.
+next segment is posted before the current one is reduced. The last reduce-scatter step is fused with the first
+allgather step: each segment of the chunk this rank finishes is sent on to the right neighbour as soon as it is
+reduced, while the left neighbour's finished segments arrive straight in place (at p=2 that is the whole
+allgather), so no rank waits for a whole chunk before passing it on.
 """
 from __future__ import annotations
 
 import os
 
-from .. import schedules
-from ._common import _TAG, byte_buf, scratch, sendrecv
+import numpy as np
 
-#: default segment size for the pipelined reduce-scatter (tuned with benchmarks/; override per call or by env)
-SEGMENT_BYTES = int(os.environ.get("RING_ALLREDUCE_SEGMENT_BYTES", 256 * 1024))
+from .. import schedules
+from ._common import _MPI, _TAG, byte_buf, mpi, scratch, sendrecv
+
+#: default segment size for the pipelined reduce-scatter (measured with ``ring-allreduce bench``: MPICH's
+#: single-copy path for large messages has a per-message cost, so segments well above the L2 size win here);
+#: override per call or with $RING_ALLREDUCE_SEGMENT_BYTES
+SEGMENT_BYTES = int(os.environ.get("RING_ALLREDUCE_SEGMENT_BYTES", 1 << 20))
+_TAG_FORWARD = _TAG + 1  # finished segments forwarded into the allgather (never confused with reduce-scatter ones)
 
 
 def ring(comm, src, dst, op, kernel, div=None, segment_bytes=None):
     p, r = comm.Get_size(), comm.Get_rank()
     n = src.size
-    seg = max(1, (segment_bytes or SEGMENT_BYTES) // src.itemsize)
+    # at most ~1024 segments a chunk: every segment is an outstanding request
+    seg = max(1, (segment_bytes or SEGMENT_BYTES) // src.itemsize, -(-n // (1024 * p)))
     rs = schedules.ring_reduce_scatter(r, p, n)
+    ag = schedules.ring_allgather(r, p, n)
     for k, step in enumerate(rs):
         # at step 0 the chunk we send is still our own input; afterwards it is one we reduced into dst
         frm = src if k == 0 else dst
         (s0, s1), (c0, c1) = step.send, step.recv
         last = k == len(rs) - 1
+        fwd = ag[0] if last else None
         _exchange_and_reduce(comm, frm[s0:s1], step.dest, step.source, src[c0:c1], dst[c0:c1],
-                             op, kernel, div if last else None, seg)
-    for step in schedules.ring_allgather(r, p, n):
+                             op, kernel, div if last else None, seg, fwd, dst)
+    for step in ag[1:]:
         (s0, s1), (c0, c1) = step.send, step.recv
         sendrecv(comm, dst[s0:s1], step.dest, dst[c0:c1], step.source)
 
 
-def _exchange_and_reduce(comm, sendbuf, dest, source, mine, out, op, kernel, div, seg):
-    """Send ``sendbuf`` to ``dest`` and set ``out = received op mine`` segment by segment, double-buffered."""
-    from mpi4py import MPI
+def _segments(a: int, b: int, seg: int):
+    return [(i, min(i + seg, b)) for i in range(a, b, seg)]
 
-    m = mine.size
+
+def _exchange_and_reduce(comm, sendbuf, dest, source, mine, out, op, kernel, div, seg, fwd=None, dst=None):
+    """Send ``sendbuf`` to ``dest`` and set ``out = received op mine`` segment by segment, double-buffered.
+
+    With ``fwd`` (the first allgather step), each finished segment of ``out`` goes on to ``fwd.dest`` at once and
+    the segments of ``dst[fwd.recv]`` are received from ``fwd.source`` meanwhile.
+    """
+    MPI = _MPI[0] if _MPI else mpi()
+    isend, irecv = comm.Isend, comm.Irecv
+    m = out.size
+    fin, fsends, late = [], [], []
+    if fwd is not None:
+        f0, f1 = fwd.recv
+        late = _segments(f0, f1, seg)
+        # in place at p=2 the allgather lands where our own reduce-scatter segments are still being sent from:
+        # receive segment j only once our send of segment j has completed (MPI forbids writing a send buffer
+        # before that); otherwise post every receive now, since the left neighbour may finish before we do
+        if not np.may_share_memory(sendbuf, dst[f0:f1]):
+            fin = [irecv(byte_buf(dst[a:b]), fwd.source, _TAG_FORWARD) for a, b in late]
+            late = []
     # both sides split a chunk into the same seg-sized messages, so a one-segment chunk may use Sendrecv
     if m <= seg and sendbuf.size <= seg:
         tmp = scratch(kernel, m, mine.dtype)
         sendrecv(comm, sendbuf, dest, tmp, source)
         kernel.reduce(tmp, mine, out, op, div)
-        return
-    bufs = (scratch(kernel, seg, mine.dtype, 0), scratch(kernel, seg, mine.dtype, 1))
-    nsend = sendbuf.size
-    sreqs = [comm.Isend(byte_buf(sendbuf[i:i + seg]), dest, _TAG) for i in range(0, nsend, seg)]
-    starts = list(range(0, m, seg))
+        if fwd is not None and m:
+            fsends.append(isend(byte_buf(out), fwd.dest, _TAG_FORWARD))
+        fin += [irecv(byte_buf(dst[a:b]), fwd.source, _TAG_FORWARD) for a, b in late]
+    else:
+        bufs = (scratch(kernel, seg, mine.dtype, 0), scratch(kernel, seg, mine.dtype, 1))
+        sreqs = [isend(byte_buf(sendbuf[a:b]), dest, _TAG) for a, b in _segments(0, sendbuf.size, seg)]
+        parts = _segments(0, m, seg)
 
-    def post(j):
-        a = starts[j]
-        return comm.Irecv(byte_buf(bufs[j % 2][: min(seg, m - a)]), source, _TAG)
+        def post(j):
+            a, b = parts[j]
+            return irecv(byte_buf(bufs[j % 2][: b - a]), source, _TAG)
 
-    rreqs = [post(0)] + ([post(1)] if len(starts) > 1 else [])
-    for j, a in enumerate(starts):
-        rreqs[j].Wait()
-        b = min(a + seg, m)
-        kernel.reduce(bufs[j % 2][: b - a], mine[a:b], out[a:b], op, div)
-        if j + 2 < len(starts):
-            rreqs.append(post(j + 2))
-    MPI.Request.Waitall(sreqs)
+        rreqs = [post(j) for j in range(min(2, len(parts)))]
+        for j, (a, b) in enumerate(parts):
+            rreqs[j].Wait()
+            kernel.reduce(bufs[j % 2][: b - a], mine[a:b], out[a:b], op, div)
+            if j + 2 < len(parts):
+                rreqs.append(post(j + 2))
+            if fwd is not None:
+                fsends.append(isend(byte_buf(out[a:b]), fwd.dest, _TAG_FORWARD))
+                if late and j < len(sreqs):  # same chunk boundaries and seg: send j covers receive j
+                    sreqs[j].Wait()
+                    fin.append(irecv(byte_buf(dst[late[j][0]:late[j][1]]), fwd.source, _TAG_FORWARD))
+        if late:
+            MPI.Request.Waitall(sreqs)
+            fin += [irecv(byte_buf(dst[a:b]), fwd.source, _TAG_FORWARD) for a, b in late[len(fin):]]
+        MPI.Request.Waitall(sreqs)
+    if fin or fsends:
+        MPI.Request.Waitall(fin + fsends)

@@ -13,16 +13,21 @@ A kernel object provides:
 Kernels are registered as zero-argument factories so nothing compiles or touches a GPU at import; ``get(name)``
 builds (once) and returns the kernel. ``for_backend(backend)`` gives the default for an array backend, which the
 environment variable ``RING_ALLREDUCE_KERNEL`` (or an explicit ``kernel=`` argument) overrides.
+
+Built in: ``numpy`` (reference, two passes for ``div``), and where the library is installed ``numba`` (fused,
+threaded by ranks per node: see ``numba_cpu``), ``auto`` (NumPy arrays' default with Numba: ``host_auto``),
+``numba_cuda`` and ``cupy`` (device arrays; built only when first used, and failing then if there is no GPU).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 
 from .._registry import Registry
 
 #: name -> zero-argument factory returning the kernel object
 registry = Registry("kernel")
-_built: dict = {}
 
 #: default kernel name per array backend
 DEFAULTS = {"numpy": "numpy", "cupy": "cupy", "numba_cuda": "numba_cuda"}
@@ -30,20 +35,25 @@ DEFAULTS = {"numpy": "numpy", "cupy": "cupy", "numba_cuda": "numba_cuda"}
 
 def register(name: str, factory=None, *, overwrite: bool = False):
     """Register a zero-argument kernel factory under ``name`` (usable as a decorator)."""
-    _built.pop(name, None)
     return registry.register(name, factory, overwrite=overwrite)
 
 
 def get(name: str):
     """Return the kernel registered as ``name``, building it on first use."""
-    factory = registry.get(name)
-    if name not in _built:
-        _built[name] = factory()
-    return _built[name]
+    return registry.build(name)
 
 
-def names() -> list:
-    return registry.names()
+def names(backend: str = None) -> list:
+    """Return the registered kernel names; with ``backend``, only those that work on that backend's arrays."""
+    if backend is None:
+        return registry.names()
+    return [n for n in registry.names() if _backend_of(n) == backend]
+
+
+def _backend_of(name: str) -> str:
+    # factories declare ``backend`` (classes and lazy_factory do), so listing builds nothing
+    declared = getattr(registry.get(name), "backend", None)
+    return declared if declared is not None else get(name).backend
 
 
 def for_backend(backend: str, override: str = None):
@@ -55,10 +65,40 @@ def for_backend(backend: str, override: str = None):
     return k
 
 
+def lazy_factory(module: str, attr: str, backend: str):
+    """Return a factory that imports ``ring_allreduce.kernels.<module>`` and builds ``<attr>()`` when first called.
+
+    The kernel module (and the library it needs: Numba, CuPy) is imported only then, never at package import.
+    """
+    def factory():
+        mod = importlib.import_module(f"{__name__}.{module}")
+        return getattr(mod, attr)()
+
+    factory.backend = backend
+    factory.__qualname__ = factory.__name__ = f"{module}.{attr}"
+    return factory
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` is installed (found without importing it, so nothing JIT-compiles or touches a GPU)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _register_builtin() -> None:
     from . import numpy_kernels
 
     register("numpy", numpy_kernels.NumpyKernel)
+    if importable("numba"):
+        register("numba", lazy_factory("numba_cpu", "NumbaCpuKernel", "numpy"))
+        register("auto", lazy_factory("host_auto", "HostAutoKernel", "numpy"))
+        register("numba_cuda", lazy_factory("numba_cuda", "NumbaCudaKernel", "numba_cuda"))
+        # NumPy arrays: Numba's fused kernels where measured faster, NumPy's ufuncs for small plain ops (host_auto)
+        DEFAULTS["numpy"] = "auto"
+    if importable("cupy"):
+        register("cupy", lazy_factory("cupy_kernels", "CupyKernel", "cupy"))
 
 
 _register_builtin()

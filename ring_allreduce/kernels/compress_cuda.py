@@ -4,7 +4,7 @@ Same conventions as :mod:`.compress_numpy`. Each set validates, allocates, then 
 touches a GPU until a kernel is first used. Scales and norms come back to the host as float32 (one 4-byte copy):
 they go into the payload header, which is host memory anyway. Reductions (``sum |x|``, ``max |x|``, ``sum x^2``)
 use atomics, so the float32 scale may differ from NumPy's in the last bits; the codes themselves are computed from
-that scale and are exact. Top-k selection is provided by the CuPy set only (``cupy.argpartition``).
+that scale and are exact. QSGD norms come back as a host float32 array (one per chunk). Top-k selection is provided by the CuPy set only (``cupy.argpartition``).
 """
 from __future__ import annotations
 
@@ -19,6 +19,125 @@ def _blocks(n: int) -> int:
     return max(1, math.ceil(n / _THREADS))
 
 
+cuda = None  # numba.cuda, bound on first use: a module global so that the simulator can swap it in kernels
+
+
+def _import_cuda():
+    global cuda
+    if cuda is None:
+        from numba import cuda as _cuda
+
+        cuda = _cuda
+    return cuda
+
+
+def _numba_cuda_kernels():
+    """Define (lazily: numba compiles at first launch) the Numba CUDA kernels."""
+    _import_cuda()
+
+    @cuda.jit
+    def sign_encode(x, bits, acc):
+        b = cuda.grid(1)
+        if b < bits.size:
+            base = b * 8
+            byte = 0
+            s = 0.0
+            for j in range(8):
+                i = base + j
+                if i < x.size:
+                    v = x[i]
+                    if v < 0:
+                        byte |= 1 << j
+                        s -= v
+                    else:
+                        s += v
+            bits[b] = byte
+            cuda.atomic.add(acc, 0, s)
+
+    @cuda.jit
+    def sign_decode(bits, n, scale, out, add):
+        i = cuda.grid(1)
+        if i < n:
+            v = -scale if (bits[i >> 3] >> (i & 7)) & 1 else scale
+            if add:
+                out[i] += v
+            else:
+                out[i] = v
+
+    @cuda.jit
+    def absmax(x, acc):
+        i = cuda.grid(1)
+        if i < x.size:
+            cuda.atomic.max(acc, 0, abs(x[i]))
+
+    @cuda.jit
+    def chunk_sumsq(x, chunk, acc):
+        i = cuda.grid(1)
+        if i < x.size:
+            v = float(x[i])
+            cuda.atomic.add(acc, i // chunk, v * v)
+
+    @cuda.jit
+    def int8_encode(x, scale, q):
+        i = cuda.grid(1)
+        if i < x.size:
+            v = round(x[i] / scale)  # round half to even, like np.rint
+            q[i] = max(-127, min(127, v))
+
+    @cuda.jit
+    def levels_decode(q, scale, out, add):
+        i = cuda.grid(1)
+        if i < q.size:
+            v = q[i] * scale
+            if add:
+                out[i] += v
+            else:
+                out[i] = v
+
+    @cuda.jit
+    def qsgd_encode(x, norms, s, chunk, u, levels):
+        i = cuda.grid(1)
+        if i < x.size:
+            nrm = norms[i // chunk]
+            mult = s / nrm if nrm > 0 else nrm * 0
+            v = x[i]
+            m = math.floor(abs(v) * mult + u[i])
+            m = min(m, s)
+            levels[i] = -m if v < 0 else m
+
+    @cuda.jit
+    def qsgd_decode(levels, norms, s, chunk, out, add):
+        i = cuda.grid(1)
+        if i < levels.size:
+            v = levels[i] * (norms[i // chunk] / s)
+            if add:
+                out[i] += v
+            else:
+                out[i] = v
+
+    @cuda.jit
+    def gather(x, idx, out):
+        j = cuda.grid(1)
+        if j < idx.size:
+            out[j] = x[idx[j]]
+
+    @cuda.jit
+    def scatter(idx, vals, out):
+        j = cuda.grid(1)
+        if j < idx.size:
+            out[idx[j]] += vals[j]
+
+    @cuda.jit
+    def fill_zero(out):
+        i = cuda.grid(1)
+        if i < out.size:
+            out[i] = 0
+
+    return dict(sign_encode=sign_encode, sign_decode=sign_decode, absmax=absmax, chunk_sumsq=chunk_sumsq,
+                int8_encode=int8_encode, levels_decode=levels_decode, qsgd_encode=qsgd_encode,
+                qsgd_decode=qsgd_decode, gather=gather, scatter=scatter, fill_zero=fill_zero)
+
+
 class NumbaCudaKernels:
     """Compression kernels on Numba CUDA device arrays."""
 
@@ -26,98 +145,8 @@ class NumbaCudaKernels:
     backend = "numba_cuda"
 
     def __init__(self):
-        from numba import cuda
-
-        self.cuda = cuda
-
-        @cuda.jit
-        def sign_encode(x, bits, acc):
-            b = cuda.grid(1)
-            if b < bits.size:
-                base = b * 8
-                byte = 0
-                s = 0.0
-                for j in range(8):
-                    i = base + j
-                    if i < x.size:
-                        v = x[i]
-                        if v < 0:
-                            byte |= 1 << j
-                            s -= v
-                        else:
-                            s += v
-                bits[b] = byte
-                cuda.atomic.add(acc, 0, s)
-
-        @cuda.jit
-        def sign_decode(bits, n, scale, out, add):
-            i = cuda.grid(1)
-            if i < n:
-                v = -scale if (bits[i >> 3] >> (i & 7)) & 1 else scale
-                if add:
-                    out[i] += v
-                else:
-                    out[i] = v
-
-        @cuda.jit
-        def absmax(x, acc):
-            i = cuda.grid(1)
-            if i < x.size:
-                cuda.atomic.max(acc, 0, abs(x[i]))
-
-        @cuda.jit
-        def sumsq(x, acc):
-            i = cuda.grid(1)
-            if i < x.size:
-                cuda.atomic.add(acc, 0, x[i] * x[i])
-
-        @cuda.jit
-        def int8_encode(x, scale, q):
-            i = cuda.grid(1)
-            if i < x.size:
-                v = round(x[i] / scale)  # round half to even, like np.rint
-                q[i] = max(-127, min(127, v))
-
-        @cuda.jit
-        def levels_decode(q, scale, out, add):
-            i = cuda.grid(1)
-            if i < q.size:
-                v = q[i] * scale
-                if add:
-                    out[i] += v
-                else:
-                    out[i] = v
-
-        @cuda.jit
-        def qsgd_encode(x, mult, s, u, levels):
-            i = cuda.grid(1)
-            if i < x.size:
-                v = x[i]
-                m = math.floor(abs(v) * mult + u[i])
-                m = min(m, s)
-                levels[i] = -m if v < 0 else m
-
-        @cuda.jit
-        def gather(x, idx, out):
-            j = cuda.grid(1)
-            if j < idx.size:
-                out[j] = x[idx[j]]
-
-        @cuda.jit
-        def scatter(idx, vals, out):
-            j = cuda.grid(1)
-            if j < idx.size:
-                out[idx[j]] += vals[j]
-
-        @cuda.jit
-        def fill_zero(out):
-            i = cuda.grid(1)
-            if i < out.size:
-                out[i] = 0
-
-        self._k = dict(sign_encode=sign_encode, sign_decode=sign_decode, absmax=absmax, sumsq=sumsq,
-                       int8_encode=int8_encode, levels_decode=levels_decode, qsgd_encode=qsgd_encode,
-                       gather=gather, scatter=scatter, fill_zero=fill_zero)
+        self.cuda = _import_cuda()
+        self._k = _numba_cuda_kernels()
 
     def _scalar_reduce(self, kernel, x, dtype=np.float64):
         acc = self.cuda.to_device(np.zeros(1, dtype))
@@ -149,17 +178,22 @@ class NumbaCudaKernels:
         self._k["levels_decode"][_blocks(q.size), _THREADS](q, np.float32(scale), out, add)
         return out
 
-    def qsgd_encode(self, x, s, u):
+    def qsgd_encode(self, x, s, u, chunk):
+        nb = -(-x.size // chunk)
+        acc = self.cuda.to_device(np.zeros(nb, np.float64))
         levels = self.cuda.device_array(x.size, np.int8)
-        norm = np.float32(math.sqrt(self._scalar_reduce(self._k["sumsq"], x))) if x.size else np.float32(0)
-        if norm == 0:
-            self._k["fill_zero"][_blocks(x.size), _THREADS](levels)
-        else:
-            self._k["qsgd_encode"][_blocks(x.size), _THREADS](x, np.float32(s / norm), np.float32(s), u, levels)
-        return levels, norm
+        if x.size:
+            self._k["chunk_sumsq"][_blocks(x.size), _THREADS](x, chunk, acc)
+        norms = np.sqrt(acc.copy_to_host()).astype(np.float32)
+        if x.size:
+            self._k["qsgd_encode"][_blocks(x.size), _THREADS](x, self.cuda.to_device(norms), np.float32(s), chunk, u,
+                                                              levels)
+        return levels, norms
 
-    def qsgd_decode(self, levels, norm, s, out, add=False):
-        return self.int8_decode(levels, np.float32(np.float32(norm) / np.float32(s)), out, add)
+    def qsgd_decode(self, levels, norms, s, chunk, out, add=False):
+        self._k["qsgd_decode"][_blocks(levels.size), _THREADS](levels, self.cuda.to_device(np.asarray(norms)),
+                                                               np.float32(s), chunk, out, add)
+        return out
 
     def topk_indices(self, x, k):
         raise NotImplementedError("top-k selection on Numba CUDA arrays is not provided; use the 'cupy' set")
@@ -219,16 +253,26 @@ class CupyKernels:
             out[...] = vals
         return out
 
-    def qsgd_encode(self, x, s, u):
+    def qsgd_encode(self, x, s, u, chunk):
         cp = self.cp
-        norm = np.float32(float(cp.sqrt(cp.dot(x.astype(cp.float64), x.astype(cp.float64))))) if x.size else np.float32(0)
-        if norm == 0:
-            return cp.zeros(x.size, cp.int8), norm
-        mag = cp.minimum(cp.floor(cp.abs(x).astype(cp.float32) * np.float32(s / norm) + u.astype(cp.float32)), s)
-        return (cp.sign(x).astype(cp.float32) * mag).astype(cp.int8), norm
+        n, nb = x.size, -(-x.size // chunk)
+        sq = cp.zeros(nb * chunk, cp.float64)
+        sq[:n] = x.astype(cp.float64) ** 2
+        norms = cp.sqrt(sq.reshape(nb, chunk).sum(axis=1)).astype(cp.float32)
+        mult = cp.where(norms > 0, np.float32(s) / cp.where(norms > 0, norms, 1), 0).astype(cp.float32)
+        mag = cp.abs(x).astype(cp.float32) * cp.repeat(mult, chunk)[:n] + u.astype(cp.float32)
+        mag = cp.minimum(cp.floor(mag), s)
+        return cp.copysign(mag, x).astype(cp.int8), cp.asnumpy(norms)
 
-    def qsgd_decode(self, levels, norm, s, out, add=False):
-        return self.int8_decode(levels, np.float32(np.float32(norm) / np.float32(s)), out, add)
+    def qsgd_decode(self, levels, norms, s, chunk, out, add=False):
+        cp = self.cp
+        scale = cp.repeat(cp.asarray(norms, cp.float32) / np.float32(s), chunk)[:levels.size]
+        vals = levels.astype(cp.float32) * scale
+        if add:
+            out += vals
+        else:
+            out[...] = vals
+        return out
 
     def topk_indices(self, x, k):
         cp = self.cp

@@ -6,8 +6,9 @@ all sets:
 - sign bits: bit ``i % 8`` (little bit order) of byte ``i // 8`` is set when ``x[i] < 0``; the scale is the mean
   absolute value (``||x||_1 / n``), so ``±scale`` has the same l1 norm as ``x`` (EF-signSGD);
 - int8: ``scale = max|x| / 127``, ``q = rint(x / scale)`` (0 everywhere when ``x`` is all zeros);
-- QSGD: ``norm = ||x||_2``, ``level = floor(|x| / norm * s + u) * sign(x)`` with ``u`` uniform in [0, 1) supplied
-  by the caller (the kernels hold no random state), so ``E[level * norm / s] = x``;
+- QSGD: per chunk of ``chunk`` elements ``norm = ||x_chunk||_2``, ``level = floor(|x| * (s / norm) + u) * sign(x)``
+  with ``u`` uniform in [0, 1) supplied by the caller (the kernels hold no random state), so
+  ``E[level * norm / s] = x``;
 - top-k: the indices of the ``k`` largest ``|x|``, sorted ascending, as int32;
 - every ``*_decode`` takes ``out`` and ``add``: ``add=True`` accumulates into ``out`` (``out += decoded``), which is
   how the allgather route sums every rank's payload without temporaries.
@@ -27,10 +28,16 @@ def sign_encode(x: np.ndarray):
     return bits, scale
 
 
+def _sign_table(scale, dtype) -> np.ndarray:
+    """``table[b]``: the 8 values (``±scale``) that byte ``b`` decodes to, so decoding is a single gather."""
+    bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(bool)
+    s = np.asarray(scale, dtype=np.float32).astype(dtype)
+    return np.where(bits, -s, s)
+
+
 def sign_decode(bits: np.ndarray, n: int, scale, out: np.ndarray, add: bool = False) -> np.ndarray:
     """Write (or with ``add`` accumulate) ``scale * (-1 if bit else +1)`` for ``n`` elements into ``out``."""
-    neg = np.unpackbits(bits, count=n, bitorder="little").astype(bool)
-    vals = np.where(neg, -np.float32(scale), np.float32(scale)).astype(out.dtype, copy=False)
+    vals = _sign_table(scale, out.dtype)[bits].reshape(-1)[:n]
     if add:
         out += vals
     else:
@@ -59,19 +66,40 @@ def int8_decode(q: np.ndarray, scale, out: np.ndarray, add: bool = False) -> np.
     return out
 
 
-def qsgd_encode(x: np.ndarray, s: int, u: np.ndarray):
-    """Return ``(levels, norm)``: signed int8 levels in ``[-s, s]`` and the float32 l2 norm (``s <= 127``)."""
-    norm = np.float32(np.sqrt(np.dot(x.astype(np.float64), x.astype(np.float64)))) if x.size else np.float32(0)
-    if norm == 0:
-        return np.zeros(x.size, np.int8), norm
-    mag = np.floor(np.abs(x).astype(np.float32) * np.float32(s / norm) + u.astype(np.float32))
+def qsgd_norms(x: np.ndarray, chunk: int) -> np.ndarray:
+    """Return the float32 l2 norm of each ``chunk``-element slice of ``x`` (summed in float64)."""
+    if x.size == 0:
+        return np.zeros(0, np.float32)
+    x64 = x.astype(np.float64)
+    x64 *= x64
+    return np.sqrt(np.add.reduceat(x64, np.arange(0, x.size, chunk))).astype(np.float32)
+
+
+def qsgd_quantize(x: np.ndarray, norms: np.ndarray, s: int, chunk: int, u: np.ndarray) -> np.ndarray:
+    """Return the int8 levels of ``x`` given each chunk's norm (``floor(|x| * (s / norm) + u)``, signed)."""
+    mult = np.zeros(norms.size, np.float32)
+    np.divide(np.float32(s), norms, out=mult, where=norms > 0)
+    # float32 throughout, in the order the fused kernels use: floor(|x| * (s / norm) + u)
+    mag = np.abs(x).astype(np.float32, copy=False)
+    mag *= np.repeat(mult, chunk)[:x.size]
+    mag += u.astype(np.float32, copy=False)
+    np.floor(mag, out=mag)
     np.minimum(mag, s, out=mag)
-    return (np.sign(x).astype(np.float32) * mag).astype(np.int8), norm
+    np.copysign(mag, x, out=mag)  # (a masked np.negative is 50x slower)
+    return mag.astype(np.int8)
 
 
-def qsgd_decode(levels: np.ndarray, norm, s: int, out: np.ndarray, add: bool = False) -> np.ndarray:
-    """Write (or accumulate) ``levels * norm / s`` into ``out``."""
-    vals = levels.astype(np.float32) * np.float32(np.float32(norm) / np.float32(s))
+def qsgd_encode(x: np.ndarray, s: int, u: np.ndarray, chunk: int):
+    """Return ``(levels, norms)``: signed int8 levels in ``[-s, s]`` (``s <= 127``) and one float32 l2 norm per
+    ``chunk`` elements (QSGD's bucketing: smaller chunks, smaller variance)."""
+    norms = qsgd_norms(x, chunk)
+    return qsgd_quantize(x, norms, s, chunk, u), norms
+
+
+def qsgd_decode(levels: np.ndarray, norms: np.ndarray, s: int, chunk: int, out: np.ndarray,
+                add: bool = False) -> np.ndarray:
+    """Write (or accumulate) ``levels * norm / s`` (each chunk's norm) into ``out``."""
+    vals = levels.astype(np.float32) * np.repeat(norms / np.float32(s), chunk)[:levels.size]
     if add:
         out += vals
     else:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import numba
-import numpy as np
 
 from .mlp_numpy import NumpyModelKernel
 
@@ -50,6 +49,11 @@ def _relu_backward(delta, h, out):
         o[i] = d[i] if hh[i] > 0 else 0.0
 
 
+#: the row loop beats NumPy's five passes for narrow outputs (10 classes: 11 us -> 1 us at 16 rows, 85 -> 35 us at
+#: 1,024 rows) but loses to NumPy's vectorised exp for wide ones (1,000 classes: 224 us vs 878 us); measured here
+WIDE_SOFTMAX = 64
+
+
 class NumbaModelKernel(NumpyModelKernel):
     name = "numba"
 
@@ -59,5 +63,22 @@ class NumbaModelKernel(NumpyModelKernel):
     def softmax_xent(self, logits, y, scale, delta):
         if logits.shape[0] == 0:
             return 0.0, 0
+        if logits.shape[1] > WIDE_SOFTMAX:
+            return super().softmax_xent(logits, y, scale, delta)
         loss, correct = _softmax_xent(logits, y, scale, delta)
         return float(loss), int(correct)
+
+
+@numba.njit(cache=True)
+def sgd_momentum_update(w, g, v, lr, mu, wd, scale):
+    """One pass of SGD with momentum and weight decay: ``g' = g*scale + wd*w; v = mu*v + g'; w -= lr*v``.
+
+    NumPy needs five passes and two temporaries for this (1.34 ms vs 0.48 ms for 2.1 M float32 here); the update
+    does not shrink with p, so it is worth fusing. ``g`` is left as the averaged gradient times ``scale``.
+    """
+    for i in range(w.size):
+        gi = g[i] * scale + wd * w[i]
+        g[i] = gi
+        vi = mu * v[i] + gi
+        v[i] = vi
+        w[i] -= lr * vi

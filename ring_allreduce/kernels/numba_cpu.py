@@ -9,8 +9,12 @@ of ranks on this node comes from the launcher (MPICH hydra ``MPI_LOCALNRANKS``, 
 node do not oversubscribe it. With one thread, or below ``PARALLEL_MIN_BYTES``, the serial loop runs (no thread
 start-up cost).
 
-float16: Numba's CPU target has no float16 arithmetic (0.68: ``NotImplementedError: float16``), so float16 is
-delegated to NumPy ufuncs computing in float32; with ``div`` the float32 quotient is rounded to float16 once.
+Numerics, the same bits as the NumPy reference except where noted: ``a op b`` is rounded to the dtype (integers
+wrap), then floats are divided with one more rounding. Integers: the combine is jitted but the floor division is
+NumPy's (libdivide; a jitted Python-semantics ``//`` measured ~10x slower), so integer ``avg`` takes two passes.
+float16: Numba's CPU target has no float16 arithmetic (0.68: ``NotImplementedError: float16``), so float16 goes
+to NumPy ufuncs computing in float32; with ``div`` the float32 quotient is rounded to float16 once (the NumPy
+reference rounds ``a op b`` to float16 first, so the two may differ by one float16 ulp).
 """
 from __future__ import annotations
 
@@ -21,10 +25,12 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import overload
 
-from .numpy_kernels import NumpyKernel, divide as _np_divide
+from .numpy_kernels import _UFUNCS
+from .numpy_kernels import divide as _np_divide
 
-#: below this many bytes per operand the serial loop runs even when threads are allowed (measured:
-#: benchmarks/kernels.py; a parallel region costs a few microseconds to start)
+#: below this many bytes per operand the serial loop runs even when threads are allowed (benchmarks/kernels.py:
+#: 2 threads reached 0.15-0.5x one thread's bandwidth at 64-256 KiB and gained only from 1 MiB; a parallel region
+#: costs ~3 us to start idle, milliseconds when another process holds a core)
 PARALLEL_MIN_BYTES = int(os.environ.get("RING_ALLREDUCE_NUMBA_PARALLEL_MIN_BYTES", 1 << 20))
 
 #: environment variables that launchers set to the number of ranks on this node, most specific first
@@ -32,6 +38,8 @@ LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WO
                    "SLURM_NTASKS_PER_NODE")
 
 _OPS = {"sum": 0, "prod": 1, "min": 2, "max": 3}
+#: the dtypes the jitted loops take, each with a 1 of its type (the divisor when there is none)
+_ONE = {np.dtype(t): np.dtype(t).type(1) for t in ("float32", "float64", "int32", "int64")}
 _F16_BLOCK = 1 << 14  # float32 staging block for float16: stays in L1/L2
 
 
@@ -79,18 +87,6 @@ def default_threads(environ=None, cpus=None) -> int:
 
 # ---- scalar helpers, inlined into the loops --------------------------------------------------------------------
 
-def _divide(x, d):  # pragma: no cover - replaced by the overload inside jitted code
-    raise NotImplementedError
-
-
-@overload(_divide, inline="always")
-def _divide_impl(x, d):
-    """True division for floats, floor division for integers (the overload picks one at compile time)."""
-    if isinstance(x, types.Integer):
-        return lambda x, d: x // d
-    return lambda x, d: x / d
-
-
 @njit(inline="always")
 def _min(x, y):
     return x if (x < y or x != x) else y  # NaN propagates, as np.minimum does
@@ -101,65 +97,86 @@ def _max(x, y):
     return x if (x > y or x != x) else y
 
 
+@njit(inline="always")
+def _combine(x, y, op):
+    # op is loop-invariant: LLVM unswitches the loops below into one vectorized loop per op (measured: as fast
+    # as four hand-written loops)
+    if op == 0:
+        return x + y
+    if op == 1:
+        return x * y
+    if op == 2:
+        return _min(x, y)
+    return _max(x, y)
+
+
+def _finish(v, d, how):  # pragma: no cover - only the overload below runs (inside jitted code)
+    raise NotImplementedError
+
+
+@overload(_finish, inline="always")
+def _finish_impl(v, d, how):
+    """Floats: ``v`` (how 0), ``v / d`` (how 1) or ``v * d`` (how 2: ``d`` is the exact reciprocal of a power of two,
+    so the product is the same correctly rounded value as the quotient, and faster). Integers: ``v`` as is (their
+    floor division is NumPy's, see reduce()); a plain ``v / d if how else v`` would type as float64 and lose int64
+    precision even when not dividing."""
+    if isinstance(v, types.Integer):
+        return lambda v, d, how: v
+    return lambda v, d, how: v / d if how == 1 else (v * d if how == 2 else v)
+
+
 # ---- loops ------------------------------------------------------------------------------------------------------
-# The op is a branch outside each loop, so every loop is a plain elementwise loop that LLVM vectorizes. With a
-# divisor the combined value is stored, then divided: the store wraps integers exactly as NumPy does before the
-# floor division, and for floats it is exact (a op b is already rounded to the dtype).
+# Three loops, one per aliasing case: LLVM vectorizes a loop only after a run-time check that its arrays do not
+# overlap, so ``out is b`` through the three-array loop fails the check and runs scalar (measured ~6x slower).
+# The two-array loops keep the operand order (a op b) so every aliasing case gives the same bits.
+# ``div`` is applied to floats only (true division); integer division is left to NumPy (see reduce()).
 
 @njit(cache=True)
-def _reduce(a, b, out, op):
-    n = a.size
-    if op == 0:
-        for i in range(n):
-            out[i] = a[i] + b[i]
-    elif op == 1:
-        for i in range(n):
-            out[i] = a[i] * b[i]
-    elif op == 2:
-        for i in range(n):
-            out[i] = _min(a[i], b[i])
-    else:
-        for i in range(n):
-            out[i] = _max(a[i], b[i])
+def _reduce3(a, b, out, op, d, how):
+    for i in range(a.size):
+        v = _combine(a[i], b[i], op)
+        out[i] = _finish(v, d, how)
 
 
 @njit(cache=True)
-def _reduce_div(a, b, out, op, d):
-    n = a.size
-    if op == 0:
-        for i in range(n):
-            out[i] = a[i] + b[i]
-            out[i] = _divide(out[i], d)
-    elif op == 1:
-        for i in range(n):
-            out[i] = a[i] * b[i]
-            out[i] = _divide(out[i], d)
-    elif op == 2:
-        for i in range(n):
-            out[i] = _divide(_min(a[i], b[i]), d)
+def _reduce_into_a(a, b, op, d, how):
+    for i in range(a.size):
+        v = _combine(a[i], b[i], op)
+        a[i] = _finish(v, d, how)
+
+
+@njit(cache=True)
+def _reduce_into_b(a, b, op, d, how):
+    for i in range(a.size):
+        v = _combine(a[i], b[i], op)
+        b[i] = _finish(v, d, how)
+
+
+@njit(cache=True)
+def _reduce(a, b, out, op, d, how, mode):
+    if mode == 0:
+        _reduce3(a, b, out, op, d, how)
+    elif mode == 1:
+        _reduce_into_a(a, b, op, d, how)
     else:
-        for i in range(n):
-            out[i] = _divide(_max(a[i], b[i]), d)
+        _reduce_into_b(a, b, op, d, how)
 
 
 @njit(cache=True)
 def _scale(x, out, d):
     for i in range(x.size):
-        out[i] = _divide(x[i], d)
+        out[i] = x[i] / d
 
 
 @njit(cache=True, parallel=True)
-def _reduce_par(a, b, out, op, d, has_div, nblocks):
-    # one contiguous block per thread: each runs the serial (vectorized) loop on its slice
+def _reduce_par(a, b, out, op, d, how, mode, nblocks):
+    # one contiguous block per thread, each running the serial (vectorized) loop on its slice
     n = a.size
     step = (n + nblocks - 1) // nblocks
     for k in prange(nblocks):
         lo = min(n, k * step)
         hi = min(n, lo + step)
-        if has_div:
-            _reduce_div(a[lo:hi], b[lo:hi], out[lo:hi], op, d)
-        else:
-            _reduce(a[lo:hi], b[lo:hi], out[lo:hi], op)
+        _reduce(a[lo:hi], b[lo:hi], out[lo:hi], op, d, how, mode)
 
 
 @njit(cache=True, parallel=True)
@@ -186,33 +203,40 @@ class NumbaCpuKernel:
         self.threads = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
         self.parallel_min_bytes = PARALLEL_MIN_BYTES if parallel_min_bytes is None else int(parallel_min_bytes)
         self._set_num_threads = numba.set_num_threads
-        self._numpy = NumpyKernel()
 
     def _parallel(self, nbytes: int) -> bool:
         if self.threads > 1 and nbytes >= self.parallel_min_bytes:
-            # the thread count is per calling thread in Numba: set it on every parallel call
+            # the thread count is per calling thread in Numba: set it on every parallel call (~1 us)
             self._set_num_threads(self.threads)
             return True
         return False
 
     def reduce(self, a, b, out, op, div=None):
-        code = _OPS[op]
-        if out.dtype == np.float16:
+        # kept lean: at 4 KiB the jitted call itself costs ~0.35 us, as much as np.add
+        dt = out.dtype
+        one = _ONE.get(dt)
+        if one is None:  # float16 (the API admits no other dtype)
             return _reduce_f16(a, b, out, op, div)
+        mode = 1 if out is a else 2 if out is b else 0
         has_div = div is not None and div != 1
+        fdiv = has_div and dt.kind == "f"
+        how, d = 0, one
+        if fdiv:
+            # p a power of two (2, 4, 8, ...): multiply by the exact 1/p, same bits as dividing, ~2x cheaper in cache
+            how, d = (2, dt.type(1.0 / div)) if isinstance(div, int) and div & (div - 1) == 0 else (1, dt.type(div))
         if self._parallel(out.nbytes):
-            d = out.dtype.type(div if has_div else 1)
-            _reduce_par(a, b, out, code, d, has_div, self.threads)
-        elif has_div:
-            _reduce_div(a, b, out, code, out.dtype.type(div))
+            _reduce_par(a, b, out, _OPS[op], d, how, mode, self.threads)
         else:
-            _reduce(a, b, out, code)
+            _reduce(a, b, out, _OPS[op], d, how, mode)
+        if has_div and not fdiv:
+            # integer floor division: NumPy's (libdivide) is ~10x faster than a jitted Python-semantics ``//``
+            np.floor_divide(out, dt.type(div), out=out)
 
     def scale(self, x, out, div):
         if div == 1:
             if out is not x:
                 np.copyto(out, x)
-        elif out.dtype == np.float16:
+        elif out.dtype.kind != "f" or out.dtype == np.float16:
             _np_divide(x, out, div)
         elif self._parallel(out.nbytes):
             _scale_par(x, out, out.dtype.type(div), self.threads)
@@ -229,12 +253,9 @@ class NumbaCpuKernel:
         pass
 
 
-_F16_UFUNCS = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
-
-
 def _reduce_f16(a, b, out, op, div):
     """float16 via NumPy: ``a op b`` in float32, divided in float32, rounded to float16 once."""
-    ufunc = _F16_UFUNCS[op]
+    ufunc = _UFUNCS[op]
     if div is None or div == 1:
         ufunc(a, b, out=out)  # NumPy computes float16 ops in float32 and rounds once
         return

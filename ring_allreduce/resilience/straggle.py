@@ -75,7 +75,8 @@ class Straggler:
         sleep: the sleeping function (tests pass a fake).
     """
 
-    __slots__ = ("specs", "rank", "size", "floor_s", "_own", "_shared", "_sleep", "injected_s", "slowed_steps")
+    __slots__ = ("specs", "rank", "size", "floor_s", "_own", "_shared", "_sleep", "injected_s", "slowed_steps",
+                 "last_factor")
 
     def __init__(self, specs: Sequence, rank: int, size: int, seed: int = 0, floor_s: float = 0.0, sleep=time.sleep):
         self.specs: List[StraggleSpec] = [s if isinstance(s, StraggleSpec) else parse(s) for s in specs or ()]
@@ -90,6 +91,7 @@ class Straggler:
         self._sleep = sleep
         self.injected_s = 0.0
         self.slowed_steps = 0
+        self.last_factor = 1.0
 
     @property
     def active(self) -> bool:
@@ -117,7 +119,7 @@ class Straggler:
     def delay(self, step: int, compute_s: float) -> float:
         """Return the seconds to sleep after a compute of ``compute_s`` at ``step`` (floor padding included)."""
         base = max(float(compute_s), self.floor_s)
-        f = self.factor(step)
+        f = self.last_factor = self.factor(step)
         if f > 1.0:
             self.slowed_steps += 1
         return max(0.0, base * f - float(compute_s))

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from typing import Dict, List, Optional
 
 #: lane (tid) of each known phase; unknown names get lanes after these
-LANES = {"step": 0, "compute": 1, "straggle": 1, "wait": 2, "comm": 3, "compress": 4, "decompress": 4,
-         "update": 5, "catchup": 3, "checkpoint": 6, "eval": 6}
+LANES = {"step": 0, "compute": 1, "straggle": 2, "wait": 3, "comm": 4, "buckets": 5, "compress": 6,
+         "update": 7, "catchup": 8, "checkpoint": 9}
 
 
 def now_us() -> float:
@@ -95,7 +95,8 @@ class Timeline:
 
     def _metadata(self) -> List[dict]:
         meta = [{"name": "process_name", "ph": "M", "pid": self.rank, "tid": 0, "args": {"name": f"rank {self.rank}"}},
-                {"name": "process_sort_index", "ph": "M", "pid": self.rank, "tid": 0, "args": {"sort_index": self.rank}}]
+                {"name": "process_sort_index", "ph": "M", "pid": self.rank, "tid": 0,
+                 "args": {"sort_index": self.rank}}]
         seen = {}
         for k, v in self._lanes.items():
             seen.setdefault(v, k)

@@ -35,7 +35,9 @@ class Network:
         self.sizes = [int(s) for s in sizes]
         self.loss = loss
         self.dtype = np.dtype(dtype)
-        self.kernel = kernel if kernel is not None and not isinstance(kernel, str) else model_kernels.get(kernel or "auto")
+        if kernel is None or isinstance(kernel, str):
+            kernel = model_kernels.get(kernel or "auto")
+        self.kernel = kernel
         self.xp = self.kernel.xp
         specs, off = [], 0
         for i in reversed(range(len(self.sizes) - 1)):  # last layer first: its gradient is ready first
@@ -104,8 +106,9 @@ class Network:
                       on_ready: Optional[Callable[[int], None]] = None) -> Tuple[float, int]:
         """Write ``scale * sum of per-row gradients`` into ``grad``; return (loss sum, correct count).
 
-        ``on_ready(n)`` is called after each layer with ``grad[:n]`` final. Zero rows give zero gradients (and still
-        call ``on_ready``, so every rank releases its buckets in the same order).
+        ``on_ready(n)`` is called after each layer with ``grad[:n]`` final (possibly more than once with the same
+        ``n``: a progress point). Zero rows give zero gradients (and still call ``on_ready``, so every rank releases
+        its buckets in the same order).
         """
         k, xp = self.kernel, self.xp
         n = X.shape[0]
@@ -122,11 +125,13 @@ class Network:
             xp.matmul(h_in.T, delta, out=g[f"W{i}"])
             xp.sum(delta, axis=0, out=g[f"b{i}"])
             if i > 0:
-                nxt = deltas[i - 1]
-                xp.matmul(delta, p[f"W{i}"].T, out=nxt)
-                # why here: the bucket can leave while the next layer's delta is computed
+                # released before the next delta is computed, so the bucket travels meanwhile
                 if on_ready is not None:
                     on_ready(self.layer_end(i))
+                nxt = deltas[i - 1]
+                xp.matmul(delta, p[f"W{i}"].T, out=nxt)
+                if on_ready is not None:
+                    on_ready(self.layer_end(i))  # the same offset again: a progress point for nonblocking sends
                 k.relu_backward(nxt, acts[i - 1], nxt)
                 delta = nxt
             elif on_ready is not None:

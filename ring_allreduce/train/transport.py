@@ -9,8 +9,6 @@ Pass the wrapper wherever an algorithm takes ``comm``; ``.comm`` is the wrapped 
 """
 from __future__ import annotations
 
-import numpy as np
-
 
 def buffer_nbytes(spec) -> int:
     """Bytes described by an mpi4py buffer spec: ``buf``, ``[buf, type]``, ``[buf, count, type]``, ..."""
@@ -101,7 +99,3 @@ class CountingComm:
         if self.comm.Get_rank() == root:
             self.collective_bytes += buffer_nbytes(buf)
         return self.comm.Bcast(buf, root)
-
-
-def as_array(x) -> np.ndarray:
-    return np.asarray(x)

@@ -1,0 +1,126 @@
+"""GPU kernels on a real CUDA GPU: CuPy and Numba CUDA against NumPy, and the allreduce of CuPy arrays.
+
+Marked ``gpu``: conftest skips these with a reason when CuPy sees no GPU (and RING_ALLREDUCE_REQUIRE_GPU=1 turns
+that skip into a failure). The allreduce test runs on ``COMM_WORLD`` at whatever size it has (1 under plain pytest,
+which still stages device -> host -> device; more under ``mpiexec ... --with-mpi``).
+"""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+OPS = ("sum", "prod", "min", "max")
+DTYPES = ("float16", "float32", "float64", "int32", "int64")
+UFUNC = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
+
+
+def _inputs(n, dtype, op, seed=0):
+    rng = np.random.default_rng([seed, n, DTYPES.index(dtype), OPS.index(op)])
+    dt = np.dtype(dtype)
+    if op == "prod":
+        return [rng.choice(np.array([1, 1, 2, -1, 3]), size=n).astype(dt) for _ in range(2)]
+    if dt.kind == "f":
+        a, b = [(rng.standard_normal(n) * 100).astype(dt) for _ in range(2)]
+        if op in ("min", "max"):
+            a[::97] = np.nan  # must propagate, as np.minimum/np.maximum do
+        return [a, b]
+    return [rng.integers(-10**6, 10**6, size=n).astype(dt) for _ in range(2)]
+
+
+def _reference(a, b, op, div):
+    if a.dtype.kind != "f":
+        r = UFUNC[op](a, b)
+        return r if div is None else np.floor_divide(r, a.dtype.type(div))
+    r = UFUNC[op](a.astype(np.float64), b.astype(np.float64))
+    return r if div is None else r / div
+
+
+def _check(got, ref, dtype, what):
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        np.testing.assert_array_equal(got, ref, err_msg=what)
+    else:  # one rounding of a op b (float16: in float32) and one of the division: within 2 ulp of float64
+        np.testing.assert_allclose(got.astype(np.float64), ref, rtol=2 * np.finfo(dt).eps, equal_nan=True,
+                                   err_msg=what)
+
+
+def _run_kernel_matrix(kernel, to_device, to_host, empty):
+    n = 100_003  # many blocks, not a multiple of any block size
+    for dtype in DTYPES:
+        for op in OPS:
+            a, b = _inputs(n, dtype, op)
+            for div in (None, 3):
+                da, db = to_device(a), to_device(b)
+                out = empty(n, dtype)
+                kernel.reduce(da, db, out, op, div)
+                kernel.synchronize()
+                got = to_host(out)
+                _check(got, _reference(a, b, op, div), dtype, f"{kernel.name} {op} {dtype} div={div}")
+                kernel.reduce(da, db, da, op, div)  # out=a
+                kernel.reduce(to_device(a), db, db, op, div)  # out=b
+                kernel.synchronize()
+                np.testing.assert_array_equal(to_host(da), got, err_msg=f"{kernel.name} {op} {dtype} out=a")
+                np.testing.assert_array_equal(to_host(db), got, err_msg=f"{kernel.name} {op} {dtype} out=b")
+        x = _inputs(n, dtype, "sum")[0]
+        out = empty(n, dtype)
+        kernel.scale(to_device(x), out, 4)
+        kernel.synchronize()
+        _check(to_host(out), _reference(x, np.zeros_like(x), "sum", 4), dtype, f"{kernel.name} scale {dtype}")
+    e = empty(0, "float32")
+    kernel.reduce(e, e, e, "sum", 2)
+    info = np.iinfo(np.int32)
+    a = np.array([info.max, info.min, -7], dtype=np.int32)
+    b = np.array([1, -1, 0], dtype=np.int32)
+    out = empty(3, "int32")
+    kernel.reduce(to_device(a), to_device(b), out, "sum", 2)
+    kernel.synchronize()
+    np.testing.assert_array_equal(to_host(out), np.floor_divide(np.add(a, b), np.int32(2)))
+
+
+def test_cupy_kernels_match_numpy():
+    import cupy
+
+    from ring_allreduce import kernels
+
+    kernel = kernels.for_backend("cupy")
+    assert kernel.name == "cupy"
+    _run_kernel_matrix(kernel, cupy.asarray, cupy.asnumpy, lambda n, dt: cupy.empty(n, dtype=dt))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", reason="the simulator is tested in cudasim")
+def test_numba_cuda_kernels_match_numpy():
+    from numba import cuda
+
+    from ring_allreduce import kernels
+
+    if not cuda.is_available():
+        pytest.skip("CuPy sees a GPU but Numba's CUDA target does not (install numba-cuda)")
+    kernel = kernels.for_backend("numba_cuda")
+    _run_kernel_matrix(kernel, cuda.to_device, lambda d: d.copy_to_host(),
+                       lambda n, dt: cuda.device_array(n, dtype=dt))
+
+
+@pytest.mark.parametrize("op", ("sum", "avg", "max"))
+@pytest.mark.parametrize("dtype", ("float16", "float32", "int64"))
+def test_allreduce_cupy_arrays(op, dtype):
+    import cupy
+    from mpi4py import MPI
+
+    import ring_allreduce
+    from tests.mpi_util import all_ok, assert_identical, rank_input
+
+    comm = MPI.COMM_WORLD
+    x = rank_input(5, comm.rank, 3003, dtype, op).reshape(3, 1001)
+    expected = ring_allreduce.allreduce(x.copy(), comm, op=op, algorithm="ring")
+    dx = cupy.asarray(x)
+    result = ring_allreduce.allreduce(dx, comm, op=op, algorithm="ring")
+    ok = isinstance(result, cupy.ndarray) and result.shape == x.shape
+    ok = ok and np.array_equal(cupy.asnumpy(result), expected) and np.array_equal(cupy.asnumpy(dx), x)
+    all_ok(comm, ok, f"cupy allreduce ({op}, {dtype}) equals the NumPy allreduce")
+    assert_identical(comm, cupy.asnumpy(result), "cupy allreduce result")
+    inplace = ring_allreduce.allreduce(dx, comm, op=op, algorithm="ring", out=dx)
+    all_ok(comm, inplace is dx and np.array_equal(cupy.asnumpy(dx), expected), "in-place cupy allreduce")
