@@ -2,13 +2,13 @@
 """Run every test tier and print one closing line: ``total: N passed, N failed, N skipped``.
 
 Tiers: ``unit`` (no MPI launcher: schedules, registries, kernels), ``mpi`` (``mpiexec -n N`` for N in
-``--ranks``, default 1..5), ``cudasim`` (Numba CUDA kernels under ``NUMBA_ENABLE_CUDASIM=1``), ``gpu`` (skipped
+``--ranks``, default 1..5, plus the core allreduce and error tests at ``--wide-ranks``, default 6..8), ``cudasim`` (Numba CUDA kernels under ``NUMBA_ENABLE_CUDASIM=1``), ``gpu`` (skipped
 with a reason without a GPU), ``slurm`` (skipped with a reason without slurm-wlm). A tier's verdict comes from
 the exit status of pytest (or of mpiexec, which fails if any rank failed), never from rank 0's output alone;
 pytest's exit 5 (no tests collected) counts as a failure. Each pytest run has per-test timeouts with
 ``--timeout-method=thread`` and the whole run a wall-clock limit, so a hang fails instead of blocking.
 
-Usage: python tests/run.py [--tiers unit,mpi,cudasim,gpu,slurm] [--ranks 1,2,3,4,5] [-k EXPR] [-x]
+Usage: python tests/run.py [--tiers unit,mpi,cudasim,gpu,slurm] [--ranks 1,2,3,4,5] [--wide-ranks 6,7,8] [-k EXPR] [-x]
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIERS = ("unit", "mpi", "cudasim", "gpu", "slurm")
 MPI_ONLY = "mpi and not cudasim and not gpu and not slurm"
+CORE_TESTS = ["tests/test_allreduce_mpi.py", "tests/test_errors_mpi.py"]
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 
 
@@ -87,6 +88,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiers", default=",".join(TIERS))
     ap.add_argument("--ranks", default="1,2,3,4,5")
+    ap.add_argument("--wide-ranks", default="6,7,8",
+                    help="more rank counts for the core allreduce and error tests only (oversubscribed: MPICH yields)")
     ap.add_argument("-k", default=None, help="pytest -k expression")
     ap.add_argument("-x", action="store_true", help="stop at the first failing tier")
     args = ap.parse_args()
@@ -113,6 +116,10 @@ def main() -> int:
                     extra["MPIR_CVAR_ENABLE_HEAVY_YIELD"] = "1"  # MPICH ranks busy-poll: yield when oversubscribed
                 runs.append((f"mpi n={n}", mpiexec_prefix(n) + rank_py + ["--timeout=240", "--with-mpi", "-m", MPI_ONLY],
                              extra, 1200))
+            for n in [int(v) for v in args.wide_ranks.split(",") if v]:
+                runs.append((f"mpi n={n} (core)", mpiexec_prefix(n) + rank_py + [
+                    "--timeout=300", "--with-mpi", "-m", MPI_ONLY] + CORE_TESTS,
+                    {"MPIR_CVAR_ENABLE_HEAVY_YIELD": "1"}, 1200))
         elif tier == "cudasim":
             sim = {"NUMBA_ENABLE_CUDASIM": "1"}
             runs.append(("cudasim", py + ["--timeout=600", "-m", "cudasim and not mpi"], sim, 1200))
