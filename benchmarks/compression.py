@@ -18,7 +18,6 @@ CPU compression kernels, NumPy vs Numba (``python benchmarks/compression.py --ke
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -26,6 +25,8 @@ import sys
 import time
 
 import numpy as np
+
+from ring_allreduce._io import write_json
 
 #: workloads: name -> trainer flags (digits with the trainer's defaults; a wider synthetic MLP)
 WORKLOADS = {
@@ -215,7 +216,7 @@ def main(argv=None) -> int:
         rs = kernel_rows()
         print(kernel_table(rs))
         if args.json:
-            _write(args.json, {"benchmark": "compression-kernels", "load_avg_at_start": os.getloadavg(),
+            write_json(args.json, {"benchmark": "compression-kernels", "load_avg_at_start": os.getloadavg(),
                                "command": " ".join(["python"] + sys.argv), "rows": rs})
         return 0
     comm = MPI.COMM_WORLD
@@ -241,17 +242,8 @@ def main(argv=None) -> int:
             "quick": args.quick, "seeds": seeds, "rows": rs,
         }
         if args.json:
-            _write(args.json, doc)
+            write_json(args.json, doc)
     return 0
-
-
-def _write(path, doc) -> None:
-    """Write ``doc`` as JSON atomically (temporary file, then ``os.replace``)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=1)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

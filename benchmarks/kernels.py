@@ -15,14 +15,14 @@ Usage: python benchmarks/kernels.py [--minbytes 4K] [--maxbytes 64M] [--threads 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from ring_allreduce._io import write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_JSON = os.path.join(HERE, "results", "kernels.json")
@@ -137,12 +137,6 @@ def meta(args, thread_configs) -> dict:
     return info
 
 
-def write_json(path: str, doc: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:

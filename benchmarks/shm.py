@@ -23,10 +23,11 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from ring_allreduce._io import write_json
 
 PATHS = ("mpi_inplace", "mpi", "shm_resident", "shm_resident_out", "shm_copyin", "ring", "hierarchical",
          "hierarchical_resident")
@@ -107,13 +108,6 @@ def time_paths(comm, paths, n, dtype, iters, repeats):
     return times
 
 
-def write_json(path, doc):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=1)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private
-    os.replace(tmp, path)
 
 
 def merge_trainer(args):

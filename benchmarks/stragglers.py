@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+from ring_allreduce._io import write_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -189,11 +191,7 @@ def main(argv=None) -> int:
                "ratios_vs_no_straggler": {k: v["median_step_s"] / base for k, v in results.items()},
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load1_at_start": load1,
                            "mpi4py": mpi4py.__version__, "thread_level": "multiple (mpi4py default)"}}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=1)
-        os.replace(tmp, args.json)
+        write_json(args.json, doc)
     if args.plot and traces:
         plot(traces, args.plot)
     shutil.rmtree(trace_dir, ignore_errors=True)

@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from ring_allreduce._io import write_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -151,11 +153,7 @@ def main() -> int:
            "mpi": MPI.Get_library_version().splitlines()[0], "mpiexec": shutil.which("mpiexec"),
            "thread_level": "multiple (mpi4py default)",
            "command": "python benchmarks/train_scaling.py " + " ".join(sys.argv[1:])}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=1)
-    os.replace(tmp, args.out)
+    write_json(args.out, doc)
     print(table(rows))
     print(f"written {args.out}")
     return 0

@@ -7,25 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from typing import Iterable, List
 
+from .._io import atomic_write_text as _atomic_write
 from .sweep import ROW_FIELDS
-
-
-def _atomic_write(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def human_size(nbytes: int) -> str:

@@ -12,12 +12,12 @@ takes its events with it; :meth:`Timeline.write_local` writes one rank's events 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from typing import Dict, List, Optional
+
+from .._io import write_json
 
 #: lane (tid) of each known phase; unknown names get lanes after these
 LANES = {"step": 0, "compute": 1, "straggle": 2, "wait": 3, "comm": 4, "buckets": 5, "compress": 6,
@@ -132,17 +132,7 @@ def write_trace(path: str, events: List[dict], other: Optional[dict] = None) -> 
     doc = {"traceEvents": events, "displayTimeUnit": "ms"}
     if other:
         doc["otherData"] = other
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".timeline-", suffix=".json", dir=d)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json(path, doc, indent=None, separators=(",", ":"))
 
 
 def load(path: str) -> List[dict]:
