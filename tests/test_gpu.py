@@ -10,11 +10,12 @@ import os
 import numpy as np
 import pytest
 
+from tests.kernel_ref import assert_close, reference
+
 pytestmark = pytest.mark.gpu
 
 OPS = ("sum", "prod", "min", "max")
 DTYPES = ("float16", "float32", "float64", "int32", "int64")
-UFUNC = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 
 
 def _inputs(n, dtype, op, seed=0):
@@ -30,23 +31,6 @@ def _inputs(n, dtype, op, seed=0):
     return [rng.integers(-10**6, 10**6, size=n).astype(dt) for _ in range(2)]
 
 
-def _reference(a, b, op, div):
-    if a.dtype.kind != "f":
-        r = UFUNC[op](a, b)
-        return r if div is None else np.floor_divide(r, a.dtype.type(div))
-    r = UFUNC[op](a.astype(np.float64), b.astype(np.float64))
-    return r if div is None else r / div
-
-
-def _check(got, ref, dtype, what):
-    dt = np.dtype(dtype)
-    if dt.kind != "f":
-        np.testing.assert_array_equal(got, ref, err_msg=what)
-    else:  # one rounding of a op b (float16: in float32) and one of the division: within 2 ulp of float64
-        np.testing.assert_allclose(got.astype(np.float64), ref, rtol=2 * np.finfo(dt).eps, equal_nan=True,
-                                   err_msg=what)
-
-
 def _run_kernel_matrix(kernel, to_device, to_host, empty):
     n = 100_003  # many blocks, not a multiple of any block size
     for dtype in DTYPES:
@@ -58,7 +42,7 @@ def _run_kernel_matrix(kernel, to_device, to_host, empty):
                 kernel.reduce(da, db, out, op, div)
                 kernel.synchronize()
                 got = to_host(out)
-                _check(got, _reference(a, b, op, div), dtype, f"{kernel.name} {op} {dtype} div={div}")
+                assert_close(got, reference(a, b, op, div), dtype, f"{kernel.name} {op} {dtype} div={div}")
                 kernel.reduce(da, db, da, op, div)  # out=a
                 kernel.reduce(to_device(a), db, db, op, div)  # out=b
                 kernel.synchronize()
@@ -68,7 +52,7 @@ def _run_kernel_matrix(kernel, to_device, to_host, empty):
         out = empty(n, dtype)
         kernel.scale(to_device(x), out, 4)
         kernel.synchronize()
-        _check(to_host(out), _reference(x, np.zeros_like(x), "sum", 4), dtype, f"{kernel.name} scale {dtype}")
+        assert_close(to_host(out), reference(x, np.zeros_like(x), "sum", 4), dtype, f"{kernel.name} scale {dtype}")
     e = empty(0, "float32")
     kernel.reduce(e, e, e, "sum", 2)
     info = np.iinfo(np.int32)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from ring_allreduce import kernels
+from tests.kernel_ref import UFUNC, assert_close, reference
 
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
 OPS = ("sum", "prod", "min", "max")
 DTYPES = ("float16", "float32", "float64", "int32", "int64")
-UFUNC = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 
 
 def _host_kernels():
@@ -49,36 +49,16 @@ def _inputs(n, dtype, op, seed=0):
     return [rng.integers(-10**6, 10**6, size=n).astype(dt) for _ in range(2)]
 
 
-def _reference(a, b, op, div):
-    """NumPy: ``a op b`` in the dtype (ints wrap as NumPy's do), then floor division for ints; floats in float64."""
-    if a.dtype.kind != "f":
-        r = UFUNC[op](a, b)
-        return r if div is None else np.floor_divide(r, a.dtype.type(div))
-    r = UFUNC[op](a.astype(np.float64), b.astype(np.float64))
-    return r if div is None else r / div
-
-
-def _assert_close(got, ref, dtype, what):
-    dt = np.dtype(dtype)
-    if dt.kind != "f":
-        np.testing.assert_array_equal(got, ref, err_msg=what)
-        return
-    # a op b rounds once to the dtype and the division rounds once more (NumPy's two passes) or not (fused): 2 ulp
-    eps = np.finfo(dt).eps
-    np.testing.assert_allclose(got.astype(np.float64), ref, rtol=2 * eps, atol=2 * np.finfo(dt).smallest_subnormal,
-                               err_msg=what)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", OPS)
 def test_reduce_matches_numpy(kernel, op, dtype):
     for n in (1, 7, 1000, 40_003):
         a, b = _inputs(n, dtype, op)
         for div in (None, 2, 3):
-            ref = _reference(a, b, op, div)
+            ref = reference(a, b, op, div)
             out = np.full_like(a, 99)
             kernel.reduce(a, b, out, op, div)
-            _assert_close(out, ref, dtype, f"{kernel.name} {op} {dtype} n={n} div={div} out-of-place")
+            assert_close(out, ref, dtype, f"{kernel.name} {op} {dtype} n={n} div={div} out-of-place")
             # aliasing: out=a and out=b must give the very same bits as out-of-place
             for alias in ("a", "b"):
                 a2, b2 = a.copy(), b.copy()
@@ -94,10 +74,10 @@ def test_reduce_matches_numpy(kernel, op, dtype):
 def test_scale_matches_numpy(kernel, dtype):
     x, _ = _inputs(5001, dtype, "sum")
     for div in (1, 2, 3, 7):
-        ref = _reference(x, np.zeros_like(x), "sum", None if div == 1 else div)
+        ref = reference(x, np.zeros_like(x), "sum", None if div == 1 else div)
         out = np.empty_like(x)
         kernel.scale(x, out, div)
-        _assert_close(out, ref, dtype, f"{kernel.name} scale {dtype} div={div}")
+        assert_close(out, ref, dtype, f"{kernel.name} scale {dtype} div={div}")
         inplace = x.copy()
         kernel.scale(inplace, inplace, div)
         np.testing.assert_array_equal(inplace, out, err_msg=f"{kernel.name} in-place scale differs")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.mpi_util import all_ok, assert_identical, rank_input
+from tests.kernel_ref import assert_close, reference
 
 pytestmark = [
     pytest.mark.cudasim,
@@ -22,7 +23,6 @@ pytestmark = [
 
 OPS = ("sum", "prod", "min", "max")
 DTYPES = ("float16", "float32", "float64", "int32", "int64")
-UFUNC = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +30,6 @@ def kernel():
     from ring_allreduce import kernels
 
     return kernels.get("numba_cuda")
-
-
-def _reference(a, b, op, div):
-    if a.dtype.kind != "f":
-        r = UFUNC[op](a, b)
-        return r if div is None else np.floor_divide(r, a.dtype.type(div))
-    r = UFUNC[op](a.astype(np.float64), b.astype(np.float64))
-    return r if div is None else r / div
-
-
-def _check(got, ref, dtype, what):
-    dt = np.dtype(dtype)
-    if dt.kind != "f":
-        np.testing.assert_array_equal(got, ref, err_msg=what)
-    else:  # one rounding of a op b (float16: in float32) and one of the division: within 2 ulp of float64
-        np.testing.assert_allclose(got.astype(np.float64), ref, rtol=2 * np.finfo(dt).eps, err_msg=what)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -67,7 +51,7 @@ def test_reduce_matches_numpy(kernel, dtype):
             out = cuda.device_array(n, dtype=dt)
             kernel.reduce(da, db, out, op, div)
             kernel.synchronize()
-            _check(out.copy_to_host(), _reference(a, b, op, div), dtype, f"{op} {dtype} div={div}")
+            assert_close(out.copy_to_host(), reference(a, b, op, div), dtype, f"{op} {dtype} div={div}")
         # in place (out=b): same values as out of place
         kernel.reduce(da, db, db, op, 3)
         np.testing.assert_array_equal(db.copy_to_host(), out.copy_to_host(), err_msg=f"{op} {dtype} out=b")
@@ -91,7 +75,7 @@ def test_scale_and_integer_wrap(kernel, dtype):
     dx = cuda.to_device(x)
     out = cuda.device_array(x.size, dtype=dt)
     kernel.scale(dx, out, 4)
-    _check(out.copy_to_host(), _reference(x, np.zeros_like(x), "sum", 4), dtype, f"scale {dtype}")
+    assert_close(out.copy_to_host(), reference(x, np.zeros_like(x), "sum", 4), dtype, f"scale {dtype}")
     kernel.scale(dx, dx, 1)
     np.testing.assert_array_equal(dx.copy_to_host(), x)
 
