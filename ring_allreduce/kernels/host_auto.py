@@ -14,17 +14,14 @@ NaN), and float16 goes through NumPy either way, so the switch never makes ranks
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .numba_cpu import NumbaCpuKernel
-from .numpy_kernels import _UFUNCS
+from .numpy_kernels import _UFUNCS, HostKernel
 
 
-class HostAutoKernel:
+class HostAutoKernel(HostKernel):
     """Dispatch each call to NumPy or Numba by size and fusion (see the module docstring)."""
 
     name = "auto"
-    backend = "numpy"
 
     def __init__(self, threads: int | None = None, parallel_min_bytes: int | None = None):
         self.numba = NumbaCpuKernel(threads, parallel_min_bytes)
@@ -40,12 +37,3 @@ class HostAutoKernel:
 
     def scale(self, x, out, div):
         self.numba.scale(x, out, div)  # one pass either way; threaded on large arrays
-
-    def copy(self, dst, src):
-        np.copyto(dst, src)
-
-    def empty(self, n, dtype):
-        return np.empty(n, dtype=dtype)
-
-    def synchronize(self):
-        pass

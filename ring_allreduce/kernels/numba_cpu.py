@@ -25,7 +25,7 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import overload
 
-from .numpy_kernels import _UFUNCS
+from .numpy_kernels import _UFUNCS, HostKernel
 from .numpy_kernels import divide as _np_divide
 
 #: below this many bytes per operand the serial loop runs even when threads are allowed (benchmarks/kernels.py:
@@ -189,11 +189,10 @@ def _scale_par(x, out, d, nblocks):
         _scale(x[lo:hi], out[lo:hi], d)
 
 
-class NumbaCpuKernel:
+class NumbaCpuKernel(HostKernel):
     """Fused reduce/scale on NumPy arrays with Numba; float16 through NumPy in float32 (see module docstring)."""
 
     name = "numba"
-    backend = "numpy"
 
     def __init__(self, threads: int | None = None, parallel_min_bytes: int | None = None):
         import numba
@@ -242,15 +241,6 @@ class NumbaCpuKernel:
             _scale_par(x, out, out.dtype.type(div), self.threads)
         else:
             _scale(x, out, out.dtype.type(div))
-
-    def copy(self, dst, src):
-        np.copyto(dst, src)
-
-    def empty(self, n, dtype):
-        return np.empty(n, dtype=dtype)
-
-    def synchronize(self):
-        pass
 
 
 def _reduce_f16(a, b, out, op, div):

@@ -17,9 +17,23 @@ def divide(x: np.ndarray, out: np.ndarray, div: int) -> None:
         np.floor_divide(x, out.dtype.type(div), out=out)
 
 
-class NumpyKernel:
-    name = "numpy"
+class HostKernel:
+    """What every kernel on NumPy arrays shares: copies, allocation, and no stream to wait for."""
+
     backend = "numpy"
+
+    def copy(self, dst, src):
+        np.copyto(dst, src)
+
+    def empty(self, n, dtype):
+        return np.empty(n, dtype=dtype)
+
+    def synchronize(self):
+        pass
+
+
+class NumpyKernel(HostKernel):
+    name = "numpy"
 
     def reduce(self, a, b, out, op, div=None):
         _UFUNCS[op](a, b, out=out)
@@ -33,11 +47,3 @@ class NumpyKernel:
         else:
             divide(x, out, div)
 
-    def copy(self, dst, src):
-        np.copyto(dst, src)
-
-    def empty(self, n, dtype):
-        return np.empty(n, dtype=dtype)
-
-    def synchronize(self):
-        pass
