@@ -24,7 +24,7 @@ def add_arguments(ap) -> None:
                    help="each step averages the gradients of the first p-B ranks to finish (default 0: all)")
     g.add_argument("--staleness", type=int, default=0, metavar="S",
                    help="with backup workers: add a late gradient to a later step if at most S steps old "
-                        "(default 0: late gradients are dropped)")
+                        "(default 0: late gradients are dropped); with --mode ps --consistency ssp: the SSP bound")
     g.add_argument("--straggle", action="append", default=[], metavar="RANK:FACTOR[:PROB]",
                    help="slow RANK's compute FACTOR times (with probability PROB per step); random:FACTOR:PROB "
                         "slows one random rank per step; repeatable")
@@ -58,8 +58,8 @@ def after_build(args, trainer) -> None:
         _fail(trainer, f"--backup-workers must be between 0 and p-1 = {p - 1}, got {args.backup_workers}")
     if args.staleness < 0:
         _fail(trainer, f"--staleness must be >= 0, got {args.staleness}")
-    if args.staleness and not args.backup_workers:
-        _fail(trainer, "--staleness needs --backup-workers B > 0")
+    if args.staleness and not args.backup_workers and getattr(args, "mode", None) != "ps":
+        _fail(trainer, "--staleness needs --backup-workers B > 0 (or --mode ps --consistency ssp)")
     if args.backup_workers and getattr(args, "compression", None) is not None:
         _fail(trainer, "--backup-workers cannot be combined with --compression yet (the compression hook's "
                        "state assumes every rank takes part in every step)")

@@ -134,18 +134,26 @@ class DistributedOptimizer:
         reduce_sum(self.comm, stats, self.algorithm)
         return stats
 
-    def step(self, grad_scale: float = 1.0) -> None:
-        """Apply one SGD update with ``grad * grad_scale`` (the scale corrects for rows not contributed)."""
+    def step(self, grad_scale: float = 1.0, span: Optional[slice] = None, decay_scale: float = 1.0) -> None:
+        """Apply one SGD update with ``grad * grad_scale`` (the scale corrects for rows not contributed).
+
+        ``span`` updates only ``[span]`` of the flat arrays (a parameter server's shard; the update is element-wise,
+        so it equals the full update restricted to the span, bit for bit); ``decay_scale`` multiplies the weight
+        decay (a server applying one worker's share of a step applies that share of the decay).
+        """
         g, w, v = self.grad, self.params, self.velocity
+        if span is not None:
+            g, w, v = g[span], w[span], v[span]
+        wd = self.weight_decay * decay_scale
         if self._fused is not None:
             t = w.dtype.type
-            self._fused(w, g, v, t(self.lr(self.steps)), t(self.momentum), t(self.weight_decay), t(grad_scale))
+            self._fused(w, g, v, t(self.lr(self.steps)), t(self.momentum), t(wd), t(grad_scale))
             self.steps += 1
             return
         if grad_scale != 1.0:
             g *= g.dtype.type(grad_scale)
-        if self.weight_decay:
-            g += g.dtype.type(self.weight_decay) * w
+        if wd:
+            g += g.dtype.type(wd) * w
         lr = self.lr(self.steps)
         if self.momentum:
             v *= v.dtype.type(self.momentum)

@@ -5,7 +5,9 @@ rank's gradient into ``trainer.optimizer.grad`` (rows ``X, y`` of the global bat
 exchanges it and returns the global statistics (rows that contributed, loss sum, correct count, contributors).
 The trainer then rescales by ``n_global / rows`` when fewer rows than the global batch contributed and applies
 the update. :class:`SynchronousStep` is the default; a replacement (backup workers) may also define
-``state_dict()``/``load_state_dict()``, saved per rank in checkpoints.
+``state_dict()``/``load_state_dict()``, saved per rank in checkpoints. A strategy with ``owns_update = True``
+(parameter server, local SGD) applies its own update inside the call; the trainer then only accounts the returned
+statistics (``rows`` no longer scales an update).
 
 **Callbacks** (``trainer.callbacks``): objects with any of ``on_train_begin(trainer)``,
 ``on_step_begin(trainer, step)``, ``after_backward(trainer, step, seconds)`` (inside the compute phase: a
@@ -166,7 +168,7 @@ class Trainer:
                 scale = 0.0
             else:
                 scale = 1.0 if res.rows == n_global else n_global / res.rows
-            if scale:
+            if scale and not getattr(self.strategy, "owns_update", False):
                 self.optimizer.step(scale)
         self._call("on_step_end", self.global_step, res)
         return res
