@@ -76,3 +76,11 @@ def test_local_sgd_refuses_combinations_that_cannot_run(kw, needle):
     base.update(kw)
     err = local_plugin.check(argparse.Namespace(**base))
     assert err is not None and needle in err, err
+
+
+@pytest.mark.parametrize("p", [2, 3, 5, 8])
+def test_allreduce_byte_model_ring_and_tree_move_the_vector_2_p_minus_1_times(p):
+    n = 1000
+    for algo in ("ring", "tree"):
+        total = sum(layout.allreduce_bytes(algo, p, r, n, 4) for r in range(p))
+        assert total == 2 * (p - 1) * n * 4, algo

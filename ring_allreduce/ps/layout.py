@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import List, Sequence
 
-from ..schedules import chunk_bounds, ring_allgather, ring_reduce_scatter
+from ..schedules import binomial_tree, chunk_bounds, ring_allgather, ring_reduce_scatter
 
 CONSISTENCY = ("bsp", "ssp", "asp")
 STATS = 3  # rows, loss sum, correct: float64
@@ -48,13 +48,16 @@ def sync_steps(first: int, last: int, per_epoch: int, checkpoint_every: int = 0,
 
 
 def allreduce_bytes(algorithm: str, p: int, rank: int, count: int, itemsize: int) -> float:
-    """Bytes ``rank`` sends in one allreduce of ``count`` elements: exact for the ring, modelled otherwise."""
+    """Bytes ``rank`` sends in one allreduce of ``count`` elements: exact for ring and tree, modelled otherwise."""
     if p <= 1 or count == 0:
         return 0.0
     if algorithm == "ring":
         sent = sum(b - a for _, (a, b), _, _ in ring_reduce_scatter(rank, p, count))
         sent += sum(b - a for _, (a, b), _, _ in ring_allgather(rank, p, count))
         return float(sent * itemsize)
+    if algorithm == "tree":  # the whole vector up to the parent, then down to each child
+        node = binomial_tree(rank, p)
+        return float((int(node.parent is not None) + len(node.children)) * count * itemsize)
     from ..bench.model import coefficients
 
     c = coefficients(algorithm, p, count * itemsize)

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Star vs ring vs tree: parameter server (BSP/SSP/ASP), allreduce and local SGD on an emulated network.
+
+Runs the real trainer (``ring-allreduce train``) for every mode below, per layout (``2x2``: 2 hosts x 2 ranks,
+``4x1``) and task (digits, a synthetic classification), with the same global batch and learning-rate schedule,
+optionally again with the last rank slowed 5x (``--straggle``, where ``allreduce-ring`` with ``--backup-workers 1``
+joins as the fourth answer to a straggler), and prints one table row per run:
+
+* ``B/host/step``: bytes per host per training step, counted at the transport (``bytes_sent`` of the host's ranks),
+  next to the analytical value (below) and, with the ``cluster`` launcher, the bytes the host's link carried
+  (interface counters of ``ring-allreduce cluster status``, which include TCP/IP headers and heartbeats);
+* median step time (seen from rank 0), time until the test accuracy first reaches the target (evaluation
+  excluded), final accuracy.
+
+Analytical bytes per rank and step (n parameters of b bytes, p ranks, W = p - S workers, S servers; the per-rank
+counts of :mod:`ring_allreduce.ps.layout` add the statistics and the synchronisation steps exactly):
+
+* allreduce ring: ``2 (p-1)/p n b`` per rank (reduce-scatter + allgather); tree: ``n b`` to the parent plus
+  ``n b`` per child (binomial tree; the root's host carries ``log2 p`` vectors); hierarchical: no per-rank value;
+* PS: a worker pushes ``n b``; server s answers ``W n_s b`` (``n_s ~ n/S``): the server's host carries
+  ``W/S n b`` per step, against ``2 (p-1)/p n b`` for the ring: the star's server link saturates first
+  (alpha-beta: step time >= W n b / (S * link bandwidth));
+* local SGD with H local steps: ``2 * 2 (p-1)/p n b / H`` (parameters and momentum averaged every H steps): it
+  pays when ``(1 - 2/H)`` of the ring's communication time is worth more than the accuracy lost per step.
+
+Launchers (``--launcher``): ``cluster`` (default: ``ring-allreduce cluster up --hosts H --link RATE --name NAME``,
+``ring-allreduce cluster run --name NAME --ranks-per-host K -- CMD``, ``down`` at the end) or ``mpiexec``
+(``mpiexec -n H*K CMD`` on this machine: a smoke test; "hosts" are then blocks of K ranks).
+
+Usage (from the repository root; it launches the jobs itself)::
+
+    python benchmarks/ps_compare.py --json benchmarks/results/ps_compare.json            # the emulated cluster
+    python benchmarks/ps_compare.py --launcher mpiexec --quick                            # smoke test here
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ring_allreduce._io import write_json  # noqa: E402
+from ring_allreduce.ps import layout  # noqa: E402
+
+MODES = {  # label -> train flags
+    "allreduce-ring": ["--algorithm", "ring"],
+    # the nonblocking overlap (the trainer's default) runs the hand-written ring whatever --algorithm says
+    "allreduce-tree": ["--algorithm", "tree", "--overlap", "thread"],
+    "allreduce-hierarchical": ["--algorithm", "hierarchical", "--overlap", "thread"],
+    "ps1-bsp": ["--mode", "ps", "--servers", "1"],
+    "ps1-ssp3": ["--mode", "ps", "--servers", "1", "--consistency", "ssp", "--staleness", "3"],
+    "ps1-asp": ["--mode", "ps", "--servers", "1", "--consistency", "asp"],
+    "ps2-bsp": ["--mode", "ps", "--servers", "2"],
+    "ps2-ssp3": ["--mode", "ps", "--servers", "2", "--consistency", "ssp", "--staleness", "3"],
+    "ps2-asp": ["--mode", "ps", "--servers", "2", "--consistency", "asp"],
+    "local-h4": ["--local-steps", "4"],
+    "local-h16": ["--local-steps", "16"],
+}
+STRAGGLE_ONLY = {"allreduce-ring-backup1": ["--algorithm", "ring", "--backup-workers", "1"]}
+TASKS = {"digits": ["--dataset", "digits"],
+         "synthetic": ["--dataset", "synthetic", "--samples", "8192", "--features", "256", "--classes", "10"]}
+
+
+def n_params(task: str, hidden: str) -> int:
+    sizes = [64 if task == "digits" else 256, *[int(h) for h in hidden.split(",")], 10]
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+
+def analytical_rank_bytes(res: dict, mode: str, p: int, n: int, itemsize: int = 4) -> list:
+    """Per-rank bytes of the whole run: from the trainer's own model (PS, local SGD) or the allreduce formulas."""
+    for key in ("ps", "local_sgd"):
+        if key in res:
+            return res[key]["analytical_bytes"]
+    algo = MODES.get(mode, STRAGGLE_ONLY.get(mode))[1]
+    if "--backup-workers" in MODES.get(mode, STRAGGLE_ONLY.get(mode)):
+        return [float("nan")] * p  # the contributor set varies per step
+    per_step = [layout.allreduce_bytes(algo, p, r, n, itemsize) + layout.allreduce_bytes(algo, p, r, layout.STATS, 8)
+                for r in range(p)]
+    return [res["steps"] * b for b in per_step]
+
+
+def cross_host_ps_bytes(res: dict, hosts: list, n: int, itemsize: int = 4) -> dict:
+    """Bytes each host sends to *other* hosts in a PS run (pushes and answers only; syncs left out)."""
+    ps = res["ps"]
+    S, b, steps = ps["servers"], ps["shards"], ps["steps"] - ps["sync_steps"]
+    out = {h: 0.0 for h in hosts}
+    for w in range(S, len(hosts)):
+        for s in range(S):
+            if hosts[w] != hosts[s]:
+                out[hosts[w]] += (b[s + 1] - b[s]) * itemsize * ps["steps"]
+                out[hosts[s]] += (b[s + 1] - b[s]) * itemsize * steps
+    return out
+
+
+def launch(args, layout_, cmd: list) -> None:
+    hosts, k = (int(x) for x in layout_.split("x"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONPATH=ROOT)
+    if args.launcher == "cluster":
+        full = [sys.executable, "-m", "ring_allreduce", "cluster", "run", "--name", args.name,
+                "--ranks-per-host", str(k), "--"] + cmd
+    else:
+        from tests.run import mpiexec_prefix
+
+        full = mpiexec_prefix(hosts * k) + cmd
+        if hosts * k > (os.cpu_count() or 1):
+            env["MPIR_CVAR_ENABLE_HEAVY_YIELD"] = "1"
+    proc = subprocess.run(full, capture_output=True, text=True, env=env, timeout=args.timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(full)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def cluster(args, *words) -> dict:
+    cmd = [sys.executable, "-m", "ring_allreduce", "cluster", *words, "--name", args.name]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out) if "--json" in words else {}
+
+
+def link_bytes(args) -> dict:
+    if args.launcher != "cluster":
+        return {}
+    return {h["hostname"]: h["bytes"]["sent"] for h in cluster(args, "status", "--json")["hosts"]}
+
+
+def run_one(args, layout_: str, task: str, mode: str, flags: list, straggle: bool) -> dict:
+    hosts_n, k = (int(x) for x in layout_.split("x"))
+    p = hosts_n * k
+    out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
+    cmd = [sys.executable, "-m", "ring_allreduce", "train", *TASKS[task], "--hidden", args.hidden,
+           "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+           "--bucket-mb", "0", "--kernel", "numpy", "--compute-floor", str(args.floor), "--seed", str(args.seed),
+           "--quiet", "--json", out, *flags]
+    if straggle:
+        cmd += ["--straggle", f"{p - 1}:{args.factor:g}"]
+    before = link_bytes(args)
+    launch(args, layout_, cmd)
+    after = link_bytes(args)
+    with open(out) as fh:
+        res = json.load(fh)
+    os.unlink(out)
+    n, steps = n_params(task, args.hidden), res["steps"]
+    hosts = [f"host{r // k}" for r in range(p)]  # block placement, as `cluster run` places ranks
+    rank_an = analytical_rank_bytes(res, mode, p, n)
+    per_host = {h: 0.0 for h in dict.fromkeys(hosts)}
+    per_host_an = dict(per_host)
+    for r, h in enumerate(hosts):
+        per_host[h] += res["bytes_sent"][r] / steps
+        per_host_an[h] += rank_an[r] / steps
+    row = {"layout": layout_, "task": task, "mode": mode, "straggle": straggle, "steps": steps,
+           "bytes_per_host_step": per_host, "analytical_per_host_step": per_host_an,
+           "median_step_s": res["step_time"][0].get("median_s"), "final_accuracy": res["test_accuracy"],
+           "time_to_target_s": None, "params_identical": res["params_identical"]}
+    if "ps" in res:
+        row["cross_host_analytical_per_step"] = {h: v / steps for h, v in
+                                                 cross_host_ps_bytes(res, hosts, n).items()}
+        row["clock_gap_max"] = res["ps"]["clock_gap_max"]
+    if after:
+        row["link_bytes_per_host_step"] = {h: (after[h] - before.get(h, 0)) / steps for h in after}
+    elapsed, target = 0.0, args.target[task]
+    for h in res["history"]:
+        elapsed += h["time_s"]
+        if h["test_accuracy"] is not None and h["test_accuracy"] >= target:
+            row["time_to_target_s"] = elapsed
+            break
+    return row
+
+
+def fmt(row: dict) -> str:
+    def kb(d):
+        return "/".join(f"{v / 1e3:.0f}" if np.isfinite(v) else "-" for v in d.values()) if d else "-"
+
+    ttt = "-" if row["time_to_target_s"] is None else f"{row['time_to_target_s']:.1f}"
+    step = "-" if row["median_step_s"] is None else f"{1e3 * row['median_step_s']:.1f}"
+    return (f"| {row['layout']} | {row['task']} | {row['mode']}{' (straggler)' if row['straggle'] else ''} | "
+            f"{kb(row['bytes_per_host_step'])} | {kb(row['analytical_per_host_step'])} | "
+            f"{kb(row.get('link_bytes_per_host_step'))} | {step} | {ttt} | {100 * row['final_accuracy']:.2f}% |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--launcher", choices=("cluster", "mpiexec"), default="cluster")
+    ap.add_argument("--name", default="psbench", help="emulated cluster name (cluster launcher)")
+    ap.add_argument("--link", default="1gbit", help="link rate of every emulated host (cluster launcher)")
+    ap.add_argument("--layouts", default="2x2,4x1", help="HOSTSxRANKS_PER_HOST, comma-separated")
+    ap.add_argument("--tasks", default="digits,synthetic")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"subset of: {', '.join(MODES)}")
+    ap.add_argument("--no-straggle", dest="straggle", action="store_false", help="skip the 5x straggler runs")
+    ap.add_argument("--factor", type=float, default=5.0)
+    ap.add_argument("--floor", type=float, default=0.0, help="--compute-floor of every run (s)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--hidden", default="256")
+    ap.add_argument("--target-digits", type=float, default=0.96)
+    ap.add_argument("--target-synthetic", type=float, default=0.80)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--quick", action="store_true", help="smoke test: digits, 1 epoch, hidden 32 (4x1 unless --layouts)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.tasks, args.epochs, args.hidden = "digits", 1, "32"
+        if args.layouts == ap.get_default("layouts"):
+            args.layouts = "4x1"
+    args.target = {"digits": args.target_digits, "synthetic": args.target_synthetic}
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown mode(s) {bad}; valid: {', '.join(MODES)}")
+    rows = []
+    print("| layout | task | mode | B/host/step (kB, transport) | analytical | link | median step (ms) "
+          f"| time to target (s) | final accuracy |\n|---|---|---|---|---|---|---|---|---|", flush=True)
+    for layout_ in args.layouts.split(","):
+        hosts_n = int(layout_.split("x")[0])
+        if args.launcher == "cluster":
+            cluster(args, "up", "--hosts", str(hosts_n), "--link", args.link)
+        try:
+            for task in args.tasks.split(","):
+                runs = [(m, MODES[m], False) for m in modes]
+                if args.straggle:
+                    runs += [(m, MODES[m], True) for m in modes] + [(m, f, True) for m, f in STRAGGLE_ONLY.items()]
+                for mode, flags, slow in runs:
+                    rows.append(run_one(args, layout_, task, mode, flags, slow))
+                    print(fmt(rows[-1]), flush=True)
+        finally:
+            if args.launcher == "cluster":
+                cluster(args, "down")
+    if args.json:
+        write_json(args.json, {"benchmark": "ps_compare", "argv": sys.argv, "settings": vars(args), "rows": rows,
+                               "load1_at_start": os.getloadavg()[0]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
