@@ -137,7 +137,7 @@ def run_one(args, layout_: str, task: str, mode: str, flags: list, straggle: boo
            "--bucket-mb", "0", "--kernel", "numpy", "--compute-floor", str(args.floor), "--seed", str(args.seed),
            "--quiet", "--json", out, *flags]
     if straggle:
-        cmd += ["--straggle", f"{p - 1}:{args.factor:g}"]
+        cmd += ["--straggle", args.straggle_spec or f"{p - 1}:{args.factor:g}"]
     before = link_bytes(args)
     launch(args, layout_, cmd)
     after = link_bytes(args)
@@ -191,7 +191,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default="digits,synthetic")
     ap.add_argument("--modes", default=",".join(MODES), help=f"subset of: {', '.join(MODES)}")
     ap.add_argument("--no-straggle", dest="straggle", action="store_false", help="skip the 5x straggler runs")
-    ap.add_argument("--factor", type=float, default=5.0)
+    ap.add_argument("--factor", type=float, default=5.0, help="slowdown of the last rank (default 5)")
+    ap.add_argument("--straggle-spec", default=None,
+                    help="a --straggle value instead of LAST_RANK:FACTOR, e.g. random:5:0.2 (transient delays)")
     ap.add_argument("--floor", type=float, default=0.0, help="--compute-floor of every run (s)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
