@@ -77,7 +77,7 @@ def analytical_rank_bytes(res: dict, mode: str, p: int, n: int, itemsize: int = 
     """Per-rank bytes of the whole run: from the trainer's own model (PS, local SGD) or the allreduce formulas."""
     for key in ("ps", "local_sgd"):
         if key in res:
-            return res[key]["analytical_bytes"]
+            return [float("nan") if b is None else b for b in res[key]["analytical_bytes"]]
     algo = MODES.get(mode, STRAGGLE_ONLY.get(mode))[1]
     if "--backup-workers" in MODES.get(mode, STRAGGLE_ONLY.get(mode)):
         return [float("nan")] * p  # the contributor set varies per step
@@ -113,7 +113,8 @@ def launch(args, layout_, cmd: list) -> None:
             env["MPIR_CVAR_ENABLE_HEAVY_YIELD"] = "1"
     proc = subprocess.run(full, capture_output=True, text=True, env=env, timeout=args.timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(full)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(full)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                           f"{proc.stderr[-3000:]}")
 
 
 def cluster(args, *words) -> dict:
@@ -204,7 +205,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--quick", action="store_true", help="smoke test: digits, 1 epoch, hidden 32 (4x1 unless --layouts)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: digits, 1 epoch, hidden 32 (4x1 unless --layouts)")
     args = ap.parse_args(argv)
     if args.quick:
         args.tasks, args.epochs, args.hidden = "digits", 1, "32"

@@ -91,12 +91,10 @@ class LocalSGDStep:
         return head[1:]
 
     def report(self, trainer) -> dict:
-        from ..ps.layout import local_sgd_bytes
-
         opt = trainer.optimizer
         sizes = [b.stop - b.start for b in opt.buckets]
         p = trainer.size
-        analytic = [local_sgd_bytes(r, p, sizes, opt.params.dtype.itemsize, self.sync_steps, self.averagings,
+        analytic = [layout.local_sgd_bytes(r, p, sizes, opt.params.dtype.itemsize, self.sync_steps, self.averagings,
                                     opt.algorithm) for r in range(p)]
         return {"local_steps": self.H, "after_epochs": self.after, "averagings": self.averagings,
-                "synchronous_steps": self.sync_steps, "analytical_bytes": analytic}
+                "synchronous_steps": self.sync_steps, "analytical_bytes": layout.known(analytic)}

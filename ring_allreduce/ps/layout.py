@@ -76,6 +76,11 @@ def ps_bytes(rank: int, p: int, servers: int, n_params: int, itemsize: int, step
     return ((steps - syncs) * workers * n_s + syncs * 2 * (p - 1) * n_s) * itemsize + stats
 
 
+def known(values) -> list:
+    """``values`` with NaN (no model for the algorithm) as None, for JSON."""
+    return [None if v != v else v for v in values]
+
+
 def local_sgd_bytes(rank: int, p: int, bucket_sizes: Sequence[int], itemsize: int, sync_steps_: int,
                     averagings: int, algorithm: str = "ring") -> float:
     """Bytes ``rank`` sends with ``--local-steps``: every synchronous step allreduces the gradient buckets and the

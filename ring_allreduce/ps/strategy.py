@@ -261,4 +261,5 @@ class ParameterServerStep:
                 "roles": [e["role"] for e in every], "wait_s": [e["wait_s"] for e in every],
                 "clock_gap_hist": hist.tolist(), "clock_gap_max": int(np.nonzero(hist)[0].max()) if n_answers else 0,
                 "clock_gap_mean": float((hist * np.arange(hist.size)).sum() / n_answers) if n_answers else 0.0,
-                "answers": n_answers, "steps": steps, "sync_steps": self.syncs, "analytical_bytes": analytic}
+                "answers": n_answers, "steps": steps, "sync_steps": self.syncs,
+                "analytical_bytes": layout.known(analytic)}

@@ -4,8 +4,9 @@ Flags (group "training mode"): ``--mode allreduce|ps`` (default allreduce), ``--
 S ranks are servers), ``--consistency bsp|ssp|asp`` (default bsp); SSP's bound is the existing ``--staleness S``.
 Combinations that cannot work are refused before training with one line on rank 0 (exit status 2 on every rank).
 
-The JSON result gains, for every mode, ``mode``, ``hosts`` (each rank's host name) and ``bytes_per_host`` (the
-``bytes_sent`` of the ranks of each host, summed), and for ``--mode ps`` a ``ps`` block (see
+The JSON result gains, for every mode, ``mode``, ``hosts`` (each rank's host name), ``bytes_per_host`` (the
+``bytes_sent`` of the ranks of each host, summed) and ``comm_wait_s`` (per rank: seconds in the ``comm`` and
+``wait`` phases, i.e. exchanging or waiting for others), and for ``--mode ps`` a ``ps`` block (see
 :meth:`~.strategy.ParameterServerStep.report`: roles, waits, the clock gaps observed, analytical bytes per rank).
 """
 from __future__ import annotations
@@ -83,7 +84,9 @@ def per_host(comm, values) -> dict:
 
 def report(args, trainer, result) -> dict:
     ph = per_host(trainer.comm, result["bytes_sent"])
-    out = {"mode": args.mode, "hosts": ph["hosts"], "bytes_per_host": ph["per_host"]}
+    t = trainer.timer.totals
+    waits = trainer.comm.allgather(t.get("comm", 0.0) + t.get("wait", 0.0))
+    out = {"mode": args.mode, "hosts": ph["hosts"], "bytes_per_host": ph["per_host"], "comm_wait_s": waits}
     if args.mode == "ps":
         out["ps"] = trainer.strategy.report(trainer)
     return out
