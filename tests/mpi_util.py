@@ -27,3 +27,30 @@ def rank_input(seed: int, rank: int, n: int, dtype, op: str = "sum") -> np.ndarr
     if dt.kind == "f":
         return rng.standard_normal(n).astype(dt)
     return rng.integers(-1000, 1000, size=n).astype(dt)
+
+
+def launch_job(n: int, cmd: list, limit_s: float, env_extra=None):
+    """Run ``mpiexec -n n cmd`` from a clean environment; return (exit status, seconds, output). A job still running
+    after ``limit_s`` is killed with its whole process group and the test fails (never a hung job left behind)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import pytest
+
+    from tests.run import ROOT, mpiexec_prefix
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPIR_"))}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_extra or {})
+    t0 = time.monotonic()
+    proc = subprocess.Popen(mpiexec_prefix(n) + cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"job did not end within {limit_s} s:\n{out}")
+    return proc.returncode, time.monotonic() - t0, out

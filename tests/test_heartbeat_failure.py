@@ -3,19 +3,14 @@
 These launch their own ``mpiexec -n 3`` (so they belong to the unit tier, not under pytest-mpi); each job uses a
 0.2 s heartbeat and a 1.5 s timeout and must end within 30 s.
 """
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from tests.run import mpiexec_prefix
+from tests.mpi_util import launch_job
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMIT_S = 30
 
 SCRIPT = textwrap.dedent("""
@@ -49,19 +44,7 @@ pytestmark = pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpie
 def launch(tmp_path, mode, victim):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPIR_"))}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = mpiexec_prefix(3) + [sys.executable, str(script), mode, str(victim)]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=LIMIT_S + 30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # never leave a hung job behind
-        out, _ = proc.communicate()
-        pytest.fail(f"job did not end within {LIMIT_S + 30} s:\n{out}")
-    return proc.returncode, time.monotonic() - t0, out
+    return launch_job(3, [sys.executable, str(script), mode, str(victim)], LIMIT_S + 30)
 
 
 @pytest.mark.timeout(120)

@@ -3,19 +3,14 @@
 Real ``mpiexec -n 3`` jobs (unit tier, like ``test_heartbeat_failure.py``): ``--mode ps --servers 2`` (ranks 0, 1
 serve, rank 2 works), heartbeat every 0.2 s, 1.5 s timeout; each job must end within 30 s.
 """
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from tests.run import mpiexec_prefix
+from tests.mpi_util import launch_job
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIMIT_S = 30
 ARGS = ["--mode", "ps", "--servers", "2", "--epochs", "3", "--hidden", "16", "--kernel", "numpy",
         "--compute-floor", "0.01", "--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5"]
@@ -46,20 +41,7 @@ pytestmark = pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpie
 
 
 def launch(cmd, env_extra=None, n=3):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPIR_"))}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    env.update(env_extra or {})
-    t0 = time.monotonic()
-    proc = subprocess.Popen(mpiexec_prefix(n) + cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=LIMIT_S + 30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # never leave a hung job behind
-        out, _ = proc.communicate()
-        pytest.fail(f"job did not end within {LIMIT_S + 30} s:\n{out}")
-    return proc.returncode, time.monotonic() - t0, out
+    return launch_job(n, cmd, LIMIT_S + 30, dict(env_extra or {}, OMP_NUM_THREADS="1"))
 
 
 @pytest.mark.timeout(120)
