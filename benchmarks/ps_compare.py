@@ -183,7 +183,8 @@ def fmt(row: dict) -> str:
     mean = "-" if row["mean_step_s"] is None else f"{1e3 * row['mean_step_s']:.1f}"
     return (f"| {row['layout']} | {row['task']} | {row['mode']}{' (straggler)' if row['straggle'] else ''} | "
             f"{kb(row['bytes_per_host_step'])} | {kb(row['analytical_per_host_step'])} | "
-            f"{kb(row.get('link_bytes_per_host_step'))} | {step} | {mean} | {ttt} | {100 * row['final_accuracy']:.2f}% |")
+            f"{kb(row.get('link_bytes_per_host_step'))} | {step} | {mean} | {ttt} | "
+            f"{100 * row['final_accuracy']:.2f}% |")
 
 
 def main(argv=None) -> int:
