@@ -7,8 +7,9 @@ optionally again with the last rank slowed 5x (``--straggle``, where ``allreduce
 joins as the fourth answer to a straggler), and prints one table row per run:
 
 * ``B/host/step``: bytes per host per training step, counted at the transport (``bytes_sent`` of the host's ranks),
-  next to the analytical value (below) and, with the ``cluster`` launcher, the bytes the host's link carried
-  (interface counters of ``ring-allreduce cluster status``, which include TCP/IP headers and heartbeats);
+  next to the analytical value (below), the analytical bytes to *other* hosts (what the link must carry) and,
+  with the ``cluster`` launcher, the bytes the host's link carried (interface counters of ``ring-allreduce
+  cluster status``, which add TCP/IP headers, MPI envelopes and heartbeats);
 * median and mean step time (seen from rank 0: a server in PS mode, whose step follows the slowest worker; the
   mean includes local SGD's averaging steps), time until the test accuracy first reaches the target (evaluation
   excluded), final accuracy.
@@ -87,16 +88,56 @@ def analytical_rank_bytes(res: dict, mode: str, p: int, n: int, itemsize: int = 
     return [res["steps"] * b for b in per_step]
 
 
-def cross_host_ps_bytes(res: dict, hosts: list, n: int, itemsize: int = 4) -> dict:
-    """Bytes each host sends to *other* hosts in a PS run (pushes and answers only; syncs left out)."""
-    ps = res["ps"]
-    S, b, steps = ps["servers"], ps["shards"], ps["steps"] - ps["sync_steps"]
-    out = {h: 0.0 for h in hosts}
-    for w in range(S, len(hosts)):
+def _allreduce_flows(algo: str, p: int, count: int, itemsize: int, times: float, flows: dict) -> bool:
+    """Add ``times`` allreduces of ``count`` elements to ``flows[(src, dst)]`` (bytes); False: no model."""
+    from ring_allreduce.schedules import binomial_tree
+
+    for r in range(p):
+        if algo == "ring":
+            dsts = {(r + 1) % p: layout.allreduce_bytes("ring", p, r, count, itemsize)}
+        elif algo == "tree":
+            node = binomial_tree(r, p)
+            dsts = {d: count * itemsize for d in ([node.parent] if node.parent is not None else []) + node.children}
+        else:
+            return False
+        for d, nbytes in dsts.items():
+            flows[(r, d)] = flows.get((r, d), 0.0) + times * nbytes
+    return True
+
+
+def cross_host_bytes(res: dict, mode: str, hosts: list, n: int, itemsize: int = 4):
+    """Analytical bytes each host sends to *other* hosts over the run (what its link carries, less headers), or
+    None where there is no per-message model (hierarchical, backup workers)."""
+    p, flows = len(hosts), {}
+    if "ps" in res:
+        ps = res["ps"]
+        S, b, syncs = ps["servers"], ps["shards"], ps["sync_steps"]
         for s in range(S):
-            if hosts[w] != hosts[s]:
-                out[hosts[w]] += (b[s + 1] - b[s]) * itemsize * ps["steps"]
-                out[hosts[s]] += (b[s + 1] - b[s]) * itemsize * steps
+            n_s = (b[s + 1] - b[s]) * itemsize
+            for r in range(p):
+                if r >= S:  # pushes every step; answers except at syncs, where the server sends w and v to all
+                    flows[(r, s)] = ps["steps"] * n_s
+                    flows[(s, r)] = (ps["steps"] - syncs) * n_s + syncs * 2 * n_s
+                elif r != s:
+                    flows[(s, r)] = syncs * 2 * n_s
+        _allreduce_flows("ring", p, layout.STATS, 8, syncs, flows)  # the statistics at each sync
+    elif "local_sgd" in res:
+        ls = res["local_sgd"]
+        _allreduce_flows("ring", p, n, itemsize, 2 * ls["averagings"] + ls["synchronous_steps"], flows)
+        _allreduce_flows("ring", p, layout.STATS + 1, 8, ls["averagings"], flows)
+        _allreduce_flows("ring", p, layout.STATS, 8, ls["synchronous_steps"], flows)
+    else:
+        flags = MODES.get(mode, STRAGGLE_ONLY.get(mode))
+        if "--backup-workers" in flags:
+            return None
+        algo = flags[1]
+        if not (_allreduce_flows(algo, p, n, itemsize, res["steps"], flows)
+                and _allreduce_flows(algo, p, layout.STATS, 8, res["steps"], flows)):
+            return None
+    out = {h: 0.0 for h in hosts}
+    for (src, dst), nbytes in flows.items():
+        if hosts[src] != hosts[dst]:
+            out[hosts[src]] += nbytes
     return out
 
 
@@ -159,9 +200,10 @@ def run_one(args, layout_: str, task: str, mode: str, flags: list, straggle: boo
            "median_step_s": res["step_time"][0].get("median_s"), "mean_step_s": res["step_time"][0].get("mean_s"),
            "final_accuracy": res["test_accuracy"],
            "time_to_target_s": None, "params_identical": res["params_identical"]}
+    cross = cross_host_bytes(res, mode, hosts, n)
+    if cross is not None:
+        row["cross_host_analytical_per_step"] = {h: v / steps for h, v in cross.items()}
     if "ps" in res:
-        row["cross_host_analytical_per_step"] = {h: v / steps for h, v in
-                                                 cross_host_ps_bytes(res, hosts, n).items()}
         row["clock_gap_max"] = res["ps"]["clock_gap_max"]
     if after:
         row["link_bytes_per_host_step"] = {h: (after[h] - before.get(h, 0)) / steps for h in after}
@@ -183,7 +225,8 @@ def fmt(row: dict) -> str:
     mean = "-" if row["mean_step_s"] is None else f"{1e3 * row['mean_step_s']:.1f}"
     return (f"| {row['layout']} | {row['task']} | {row['mode']}{' (straggler)' if row['straggle'] else ''} | "
             f"{kb(row['bytes_per_host_step'])} | {kb(row['analytical_per_host_step'])} | "
-            f"{kb(row.get('link_bytes_per_host_step'))} | {step} | {mean} | {ttt} | "
+            f"{kb(row.get('cross_host_analytical_per_step'))} | {kb(row.get('link_bytes_per_host_step'))} | "
+            f"{step} | {mean} | {ttt} | "
             f"{100 * row['final_accuracy']:.2f}% |")
 
 
@@ -224,9 +267,9 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown mode(s) {bad}; valid: {', '.join(MODES)}")
     rows = []
-    print("| layout | task | mode | B/host/step (kB, transport) | analytical | link | median step (ms) "
-          f"| mean step (ms) | time to target (s) | final accuracy |\n|---|---|---|---|---|---|---|---|---|---|",
-          flush=True)
+    print("| layout | task | mode | B/host/step (kB, transport) | analytical | to other hosts, analytical | link "
+          "| median step (ms) | mean step (ms) | time to target (s) | final accuracy |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for layout_ in args.layouts.split(","):
         hosts_n = int(layout_.split("x")[0])
         if args.launcher == "cluster":
