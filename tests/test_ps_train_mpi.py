@@ -95,8 +95,18 @@ def test_ssp_bound_is_never_violated_with_a_straggler_and_asp_would():
 def test_asp_converges_on_digits():
     comm = MPI.COMM_WORLD
     _need(comm.Get_size(), 1)
-    _, res = train(comm, DIGITS + ["--epochs", "5", "--mode", "ps", "--consistency", "asp"])
+    d = comm.bcast(tempfile.mkdtemp(prefix="ra-asp-") if comm.Get_rank() == 0 else None, root=0)
+    trace = os.path.join(d, "trace.json")
+    _, res = train(comm, DIGITS + ["--epochs", "5", "--mode", "ps", "--consistency", "asp", "--timeline", trace])
     all_ok(comm, res["test_accuracy"] >= 0.95, f"ASP test accuracy {res['test_accuracy']:.4f} < 0.95")
+    ok = True
+    if comm.Get_rank() == 0:  # the timeline shows the server serving and every worker computing and exchanging
+        from ring_allreduce.resilience.timeline import load
+
+        names = {(e["pid"], e["name"]) for e in load(trace) if e.get("ph") == "X"}
+        ok = {(0, "serve"), (0, "wait")} <= names
+        ok = ok and all({(r, "compute"), (r, "comm")} <= names for r in range(1, comm.Get_size()))
+    all_ok(comm, ok, "timeline lacks the server's or a worker's phases")
     all_ok(comm, res["params_identical"], "parameters differ across ranks")
     expect = [int(b) for b in res["ps"]["analytical_bytes"]]
     all_ok(comm, res["bytes_sent"] == expect, f"bytes_sent {res['bytes_sent']} == analytical {expect}")
