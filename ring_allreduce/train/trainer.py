@@ -112,6 +112,7 @@ class Trainer:
         self.history: list = []
         self._acc = self._zero_acc()
         self._fault = self._parse_fault()
+        self._final = None  # test loss/accuracy when max_steps stops training inside an epoch
         self.xp = model.xp
 
     # -- callbacks ------------------------------------------------------------------------------------------------
@@ -210,6 +211,8 @@ class Trainer:
             spans.append((dt, epoch_samples, comm_s, self.timer.totals.get("comm_busy", 0.0) - busy0))
             if self.step_in_epoch >= len(bl):
                 self._end_epoch(dt, epoch_samples, comm_s)
+            elif stop:
+                self._stop_mid_epoch(dt, epoch_samples, len(bl))
         result = self._result(spans, time.perf_counter() - t_start)
         self.optimizer.close()
         self._call("on_train_end", result)
@@ -235,6 +238,17 @@ class Trainer:
             with self.timer.phase("checkpoint"):
                 self.save_checkpoint()
 
+    def _stop_mid_epoch(self, dt: float, samples: int, steps_in_epoch: int) -> None:
+        """``max_steps`` ended training inside an epoch: evaluate the final parameters and say where it stopped."""
+        a = self._acc
+        test_loss, test_acc = self.evaluate()
+        self._final = {"test_loss": test_loss, "test_accuracy": test_acc}
+        acc = "" if test_acc is None else f"  test acc {100 * test_acc:6.2f}%"
+        rate = f"  {samples / dt:,.0f} samples/s" if dt > 0 and samples else ""
+        self.log(f"stopped at step {self.global_step} (--max-steps), epoch {self.epoch + 1} step "
+                 f"{self.step_in_epoch}/{steps_in_epoch}  loss {a['loss_sum'] / max(a['rows'], 1):.4f}{acc}"
+                 f"  test loss {test_loss:.4f}{rate}", flush=True)
+
     def evaluate(self):
         """Mean test loss and accuracy (None for regression), each rank evaluating a contiguous share."""
         from mpi4py import MPI
@@ -259,6 +273,8 @@ class Trainer:
         per_rank = self.comm.allgather({"bytes_sent": opt.comm.bytes_sent, "messages": opt.comm.messages,
                                         "collective_bytes": opt.comm.collective_bytes, "digest": digest(opt.params)})
         last = self.history[-1] if self.history else {}
+        if self._final is not None:  # stopped inside an epoch: the evaluation of the final parameters
+            last = self._final
         return {
             "p": self.size, "config": self.config, "history": self.history, "epochs_done": self.epoch,
             "steps": self.global_step,
