@@ -183,6 +183,10 @@ def build(args, comm, setup=None):
     trainer = Trainer(comm, task, model, opt, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                       checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
                       max_steps=args.max_steps, log=log, config=config, callbacks=setup.callbacks)
+    if getattr(args, "compression", None) is not None:
+        trainer.console_extras.add("bytes")
+    if getattr(args, "backup_workers", 0) or getattr(args, "straggle", None):
+        trainer.console_extras.add("contributors")
     return trainer
 
 

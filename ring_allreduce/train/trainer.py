@@ -113,6 +113,10 @@ class Trainer:
         self._acc = self._zero_acc()
         self._fault = self._parse_fault()
         self._final = None  # test loss/accuracy when max_steps stops training inside an epoch
+        #: extra per-epoch console fields: "bytes" (wire bytes per step and ratio to an fp32 ring allreduce, for
+        #: compression), "contributors" (ranks per step and dropped gradients, for backup workers / stragglers)
+        self.console_extras: set = set()
+        self._bytes0 = 0
         self.xp = model.xp
 
     # -- callbacks ------------------------------------------------------------------------------------------------
@@ -141,7 +145,7 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------------------------
     @staticmethod
     def _zero_acc() -> dict:
-        return {"rows": 0, "loss_sum": 0.0, "correct": 0, "steps": 0}
+        return {"rows": 0, "loss_sum": 0.0, "correct": 0, "steps": 0, "contributions": 0}
 
     def _parse_fault(self):
         spec = os.environ.get(FAULT_ENV)
@@ -187,6 +191,7 @@ class Trainer:
             busy0 = self.timer.totals.get("comm_busy", 0.0)
             ck0 = self.timer.totals.get("checkpoint", 0.0)
             epoch_samples = 0
+            self._bytes0 = self.optimizer.comm.bytes_sent
             while self.step_in_epoch < len(bl):
                 if self._fault is not None and self.global_step == self._fault:
                     os._exit(86)  # fault injection for the resume test: die without cleanup, mid-epoch
@@ -197,6 +202,8 @@ class Trainer:
                 a["loss_sum"] += res.loss_sum
                 a["correct"] += res.correct
                 a["steps"] += 1
+                a["contributions"] = a.get("contributions", 0) + (
+                    self.size if res.contributors is None else len(res.contributors))
                 self.step_in_epoch += 1
                 self.global_step += 1
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
@@ -229,7 +236,8 @@ class Trainer:
         self.history.append(rec)
         acc = "" if test_acc is None else f"  test acc {100 * test_acc:6.2f}%"
         self.log(f"epoch {rec['epoch']:3d}/{self.epochs}  loss {rec['loss']:.4f}{acc}  test loss {test_loss:.4f}"
-                 f"  {rec['samples_per_s']:,.0f} samples/s  comm {100 * rec['comm_fraction']:.1f}%", flush=True)
+                 f"  {rec['samples_per_s']:,.0f} samples/s  comm {100 * rec['comm_fraction']:.1f}%"
+                 + self._console_extras(), flush=True)
         self._call("on_epoch_end", self.epoch, rec)
         self.epoch += 1
         self.step_in_epoch = 0
@@ -237,6 +245,22 @@ class Trainer:
         if self.checkpoint_dir:
             with self.timer.phase("checkpoint"):
                 self.save_checkpoint()
+
+    def _console_extras(self) -> str:
+        """The per-epoch fields asked for in ``console_extras`` (rank 0's bytes; contributions are global)."""
+        a, out = self._acc, ""
+        steps = max(a["steps"], 1)
+        if "bytes" in self.console_extras:
+            per_step = (self.optimizer.comm.bytes_sent - self._bytes0) / steps
+            # what the uncompressed ring sends per rank and step: 2 (p - 1) / p of the gradient
+            ring = 2 * (self.size - 1) / self.size * self.model.n_params * np.dtype(self.model.dtype).itemsize
+            ratio = f" ({ring / per_step:.1f}x less than the plain ring)" if per_step > 0 and ring > 0 else ""
+            out += f"  sent {per_step / 1024:,.1f} KiB/step{ratio}"
+        if "contributors" in self.console_extras:
+            mean = a.get("contributions", 0) / steps
+            dropped = self.size * a["steps"] - a.get("contributions", 0)
+            out += f"  contributors {mean:.2f}/{self.size} per step, {dropped} gradient(s) dropped"
+        return out
 
     def _stop_mid_epoch(self, dt: float, samples: int, steps_in_epoch: int) -> None:
         """``max_steps`` ended training inside an epoch: evaluate the final parameters and say where it stopped."""
