@@ -124,9 +124,8 @@ def panels(meta: dict, rows: List[dict]) -> List[str]:
     return ["time", "ratio"] if any(r["algorithm"] == "mpi" for r in rows) else ["time"]
 
 
-def plot(path: str, meta: dict, rows: List[dict], title: Optional[str] = None) -> str:
-    """Write the plot to ``path`` in the format its extension names; return ``path``."""
-    fmt = check_format(path)
+def figure(meta: dict, rows: List[dict], title: Optional[str] = None):
+    """Draw the panels into a new matplotlib figure and return it (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -177,6 +176,15 @@ def plot(path: str, meta: dict, rows: List[dict], title: Optional[str] = None) -
     fig.legend(handles, names, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(title or title_for(meta), fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    return fig
+
+
+def plot(path: str, meta: dict, rows: List[dict], title: Optional[str] = None) -> str:
+    """Write the plot to ``path`` in the format its extension names; return ``path``."""
+    fmt = check_format(path)
+    fig = figure(meta, rows, title)
+    import matplotlib.pyplot as plt
+
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="." + fmt, dir=folder)
