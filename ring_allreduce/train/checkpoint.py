@@ -92,7 +92,7 @@ def load(path: str) -> Tuple[dict, dict]:
         what = "it holds Python objects, not plain arrays" if "pickle" in str(e) else f"{type(e).__name__}"
         raise CheckpointError(f"{bad}: corrupt or truncated ({what}); remove it or use another "
                               "--checkpoint-dir") from None
-    if not isinstance(meta, dict) or "epoch" not in meta:
+    if not isinstance(meta, dict):
         raise CheckpointError(f"{bad}: its metadata is not a ring_allreduce checkpoint's")
     return arrays, meta
 

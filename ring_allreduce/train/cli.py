@@ -85,8 +85,11 @@ def build_parser(plugin_mods=()) -> argparse.ArgumentParser:
     return ap
 
 
-def _validate(args) -> None:
-    """Raise :class:`UsageError` for a meaningless value; fills in the defaults that depend on other flags."""
+def _validate(ap, args) -> None:
+    """Raise :class:`UsageError` for a meaningless value; fills in the defaults that depend on other flags.
+
+    ``ap`` (the parser) is unused: kept so callers that parse themselves keep working.
+    """
     for flag in ("--epochs", "--batch-size", "--samples", "--features"):
         at_least(flag, getattr(args, flag[2:].replace("-", "_")), 1)
     for flag in ("--max-steps", "--checkpoint-every", "--lr-batch"):
@@ -145,7 +148,7 @@ def parse(argv, plugin_mods=()):
     """Parse and validate ``train`` arguments; raises :class:`~ring_allreduce.usage.UsageError` on a bad one."""
     ap = build_parser(plugin_mods)
     args = ap.parse_args(argv)
-    _validate(args)
+    _validate(ap, args)
     return args
 
 
@@ -239,6 +242,9 @@ def _check_paths(args) -> dict:
         _, meta = ckpt.load(ckpt.path_in(d))
     except ckpt.CheckpointError as e:
         raise UsageError(str(e)) from None
+    missing = [k for k in ("epoch", "step_in_epoch", "global_step", "seed", "batch_size", "model") if k not in meta]
+    if missing:
+        raise UsageError(f"checkpoint {ckpt.path_in(d)} was not written by ring-allreduce train (no {missing[0]})")
     return meta
 
 
