@@ -37,8 +37,8 @@ def main(argv=None) -> int:
     from . import abort, usage
 
     abort.install()
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return usage.guard(module.main, rest)  # a user error: one line on rank 0, exit 2 on every rank
+    # a user error: one line on rank 0, exit 2 on every rank; Ctrl-C (even while importing): a short message
+    return usage.guard(lambda args: importlib.import_module(SUBCOMMANDS[name][0]).main(args), rest)
 
 
 if __name__ == "__main__":

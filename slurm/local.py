@@ -45,7 +45,7 @@ def main(argv) -> int:
         print(f"starting munged, slurmctld and slurmd in {folder} ...", flush=True)
         cluster.start()
         job = cluster.submit(script, env, sbatch_args, cwd=os.getcwd())
-        print(f"submitted {os.path.relpath(script)} as job {job}; waiting ...", flush=True)
+        print(f"submitted {argv[0]} as job {job}; waiting ...", flush=True)
         state = cluster.wait_job(job, timeout=3600)
         outs = [n for n in os.listdir(os.getcwd()) if n.endswith(f"-{job}.out")]
         for name in outs:

@@ -96,6 +96,7 @@ def run(label: str, cmd: list, env: dict, limit: int) -> dict:
                 proc.kill()
                 proc.wait()
                 chunks.append(f"\n*** {label}: killed after {limit} s (hang)\n")
+                print(chunks[-1], flush=True)
                 rc = -1
             elif now - last[0] >= HEARTBEAT_S:
                 print(f"\n[run.py] {label}: {now - t0:.0f} s, {_done_so_far(''.join(chunks))} test(s) done so far",
