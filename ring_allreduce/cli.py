@@ -22,13 +22,11 @@ def _usage() -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    if argv[0] in ("-V", "--version"):
-        from . import __version__
+    if not argv or argv[0] in ("-h", "--help", "-V", "--version"):
+        from . import __version__, usage
 
-        print(f"ring-allreduce {__version__}")
+        if usage.rank() == 0:  # under mpiexec: printed once
+            print(f"ring-allreduce {__version__}" if argv and argv[0] in ("-V", "--version") else _usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:

@@ -37,6 +37,10 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # noqa: D401 - argparse's hook
         raise UsageError(message, usage=self.format_usage())
 
+    def _print_message(self, message, file=None):  # --help under mpiexec: rank 0 prints, once
+        if rank() == 0:
+            super()._print_message(message, file)
+
 
 def rank() -> int:
     """This process's rank in ``COMM_WORLD`` (from MPI when it is up, else from the launcher's variables)."""

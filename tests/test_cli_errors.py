@@ -94,6 +94,24 @@ def test_info_bad_flag_is_one_line():
     assert_one_line_error(ra(2, ["info", "--nosuch"]), "--nosuch")
 
 
+@pytest.mark.parametrize("args", [["train", "--help"], ["bench", "--help"], ["--help"], ["--version"]])
+def test_help_is_printed_once(args):
+    res = ra(3, args)
+    assert res.returncode == 0, res.stderr
+    first = res.stdout.splitlines()[0]
+    assert res.stdout.count(first) == 1, res.stdout
+
+
+def test_tune_to_another_path_says_how_to_use_it(tmp_path):
+    res = ra(2, ["bench", "--tune", "t.json", "-b", "8", "-e", "8", "-n", "2", "-w", "0", "--repeats", "1", "-q"],
+             cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert f"export RING_ALLREDUCE_AUTO_TABLE={tmp_path / 't.json'}" in res.stderr and (tmp_path / "t.json").exists()
+    assert res.stderr.count("RING_ALLREDUCE_AUTO_TABLE") == 1  # rank 0 only
+    res = ra(2, ["bench", "--tune", str(tmp_path / "nodir" / "t.json")])
+    assert_one_line_error(res, "cannot write")
+
+
 def test_version():
     from ring_allreduce import __version__
 
