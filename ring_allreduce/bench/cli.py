@@ -28,7 +28,7 @@ _TUNE_LATENCY_MAX = 64 * 1024
 
 def build_parser() -> argparse.ArgumentParser:
     ap = ArgumentParser(prog="ring-allreduce bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-b", "--minbytes", default=None, help="smallest message (e.g. 8, 4K, 4M; default 8)")
     ap.add_argument("-e", "--maxbytes", default=None, help="largest message (default 64M; 64K with --latency)")
     ap.add_argument("-f", "--stepfactor", type=float, default=2.0, help="size multiplier between steps (default 2)")

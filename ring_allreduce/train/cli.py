@@ -35,7 +35,7 @@ DEFAULT_LR = {"digits": DEFAULTS["lr"], "synthetic": 0.01}
 
 def build_parser(plugin_mods=()) -> argparse.ArgumentParser:
     ap = ArgumentParser(prog="ring-allreduce train", description=__doc__.splitlines()[0].strip('"'),
-                                 epilog="example: mpiexec -n 2 ring-allreduce train --json run.json")
+                        epilog="example: mpiexec -n 2 ring-allreduce train --json run.json")
     g = ap.add_argument_group("data and model")
     g.add_argument("--dataset", choices=("digits", "synthetic"), default="digits")
     g.add_argument("--model", choices=("mlp", "logreg", "linreg"), default=None,
