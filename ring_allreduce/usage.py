@@ -17,6 +17,7 @@ import argparse
 import math
 import os
 import sys
+import time
 
 PREFIX = "ring-allreduce: error: "
 #: environment variables that give a process's rank before (or without) MPI_Init: MPICH/Hydra, Open MPI, Slurm
@@ -95,6 +96,10 @@ def guard(fn, argv) -> int:
             sys.stdout.flush()
             sys.stderr.write("ring-allreduce: interrupted\n")
             sys.stderr.flush()
+        else:
+            # give rank 0 a moment to print before the launcher, seeing this rank leave, ends the others (a rank 0
+            # blocked inside an MPI call cannot run Python until then: the launcher's own lines are all you see)
+            time.sleep(0.5)
         # MPI_Finalize could wait for a rank still inside a collective: leave without it (every rank got SIGINT)
         os._exit(130)
 

