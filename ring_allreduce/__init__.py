@@ -3,6 +3,7 @@
 ``from ring_allreduce import allreduce`` is the main entry point; importing the package does not initialise
 MPI, compile kernels or touch a GPU.
 """
+from . import abort  # noqa: F401 - ``ring_allreduce.abort.install()`` (stdlib imports only)
 from .algorithms import get as get_algorithm
 from .algorithms import names as algorithm_names
 from .algorithms import register as register_algorithm

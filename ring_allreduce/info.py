@@ -1,10 +1,11 @@
 """``ring-allreduce info``: what MPI, array backends and kernels this installation has, and why one is missing."""
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
+
+from .usage import ArgumentParser
 
 
 def _probe(module: str, check=None):
@@ -39,6 +40,19 @@ def _numba_cuda_check(numba):
         return False, f"numba {numba.__version__}: {e}"
 
 
+AUTO_TABLE_ENV = "RING_ALLREDUCE_AUTO_TABLE"
+
+
+def auto_table_source() -> tuple:
+    """``(path, why)``: the file ``algorithm="auto"`` reads, and whether it comes from the environment or the package."""
+    env = os.environ.get(AUTO_TABLE_ENV)
+    if env:
+        return os.path.abspath(env), f"from ${AUTO_TABLE_ENV}"
+    from importlib import resources
+
+    return str(resources.files("ring_allreduce").joinpath("data/auto_table.json")), "shipped with the package"
+
+
 def collect(comm) -> dict:
     """Return the report as a dict (rank 0 prints it)."""
     from mpi4py import MPI
@@ -59,6 +73,7 @@ def collect(comm) -> dict:
         "hosts": sorted(set(hosts)),
         "cuda_aware_mpi": backends.cuda_aware_mpi(),
         "algorithms": algorithm_names() + ["auto"],
+        "auto_table": "%s (%s)" % auto_table_source(),
         "backends": {},
         "kernels": {},
     }
@@ -84,7 +99,7 @@ def collect(comm) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="ring-allreduce info", description=__doc__)
+    ap = ArgumentParser(prog="ring-allreduce info", description=__doc__)
     ap.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = ap.parse_args(argv)
     from mpi4py import MPI
@@ -97,7 +112,7 @@ def main(argv=None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     for key in ("ring_allreduce", "mpi_library", "mpi_standard", "mpi4py", "thread_level", "ranks", "hosts",
-                "cuda_aware_mpi", "algorithms"):
+                "cuda_aware_mpi", "algorithms", "auto_table"):
         print(f"{key:16s} {report[key]}")
     print("array backends:")
     for label, b in report["backends"].items():

@@ -57,18 +57,53 @@ def summarize(text: str) -> dict:
     return counts
 
 
+#: a line of pytest -q progress: result letters, then "[ 42%]"
+_PROGRESS = re.compile(r"^([.FEsxX]+)\s*(\[\s*\d+%\])?\s*$")
+HEARTBEAT_S = 20.0
+
+
+def _done_so_far(text: str) -> int:
+    return sum(len(m.group(1)) for m in map(_PROGRESS.match, text.splitlines()) if m)
+
+
 def run(label: str, cmd: list, env: dict, limit: int) -> dict:
+    """Run one tier command, echoing its output as it comes, with a line every ~20 s of silence (no hang unseen)."""
+    import threading
+
     print(f"\n=== {label}: {' '.join(cmd)}", flush=True)
     t0 = time.time()
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=limit)
-        out, rc = proc.stdout, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        out += f"\n*** {label}: killed after {limit} s (hang)\n"
-        rc = -1
-    sys.stdout.write(out)
+    chunks: list = []
+    last = [time.time()]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def pump():
+        for raw in iter(lambda: proc.stdout.read1(4096), b""):
+            text = raw.decode(errors="replace")
+            chunks.append(text)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            last[0] = time.time()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    rc = None
+    while rc is None:
+        try:
+            rc = proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            now = time.time()
+            if now - t0 > limit:
+                proc.kill()
+                proc.wait()
+                chunks.append(f"\n*** {label}: killed after {limit} s (hang)\n")
+                print(chunks[-1], flush=True)
+                rc = -1
+            elif now - last[0] >= HEARTBEAT_S:
+                print(f"\n[run.py] {label}: {now - t0:.0f} s, {_done_so_far(''.join(chunks))} test(s) done so far",
+                      flush=True)
+                last[0] = now
+    reader.join(timeout=5)
+    out = "".join(chunks)
     counts = summarize(out)
     if rc == 5:
         print(f"*** {label}: pytest collected no tests (exit 5): counted as a failure")

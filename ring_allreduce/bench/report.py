@@ -48,11 +48,12 @@ _COLS = (("size(B)", 12), ("count", 11), ("algorithm", 22), ("time(us)", 11), ("
          ("algbw(GB/s)", 12), ("busbw(GB/s)", 12), ("#wrong", 7))
 
 
-def format_row(row: dict) -> str:
+def format_row(row: dict, bandwidth: bool = True) -> str:
+    """One table line; ``bandwidth=False`` (p = 1: nothing is communicated) shows ``-`` for algbw and busbw."""
     wrong = "N/A" if row.get("wrong") is None else str(row["wrong"])
+    bw = (f"{row['algbw_GBps']:.3f}", f"{row['busbw_GBps']:.3f}") if bandwidth else ("-", "-")
     vals = (str(row["size_bytes"]), str(row["count"]), row["algorithm"], f"{row['time_us']:.2f}",
-            f"{row['time_us_min']:.2f}", f"{row['time_us_max']:.2f}", f"{row['algbw_GBps']:.3f}",
-            f"{row['busbw_GBps']:.3f}", wrong)
+            f"{row['time_us_min']:.2f}", f"{row['time_us_max']:.2f}") + bw + (wrong,)
     return " ".join(v.rjust(w) if i != 2 else "  " + v.ljust(w - 2) for i, (v, (_, w)) in enumerate(zip(vals, _COLS)))
 
 
@@ -70,8 +71,11 @@ def average_busbw(rows: Iterable[dict]) -> dict:
     return {a: s[0] / s[1] for a, s in sums.items()}
 
 
-def footer_lines(rows: List[dict]) -> List[str]:
-    lines = ["# Avg bus bandwidth (GB/s): " + ", ".join(f"{a} {v:.3f}" for a, v in average_busbw(rows).items())]
+def footer_lines(rows: List[dict], bandwidth: bool = True) -> List[str]:
+    lines = []
+    if bandwidth:
+        lines.append("# Avg bus bandwidth (GB/s): "
+                     + ", ".join(f"{a} {v:.3f}" for a, v in average_busbw(rows).items()))
     wrong = [r for r in rows if r.get("wrong")]
     lines.append(f"# Out of bounds values: {sum(r['wrong'] for r in wrong)} "
                  + ("ERROR" if wrong else "OK" if any(r.get("wrong") is not None for r in rows) else "(not checked)"))
@@ -79,9 +83,10 @@ def footer_lines(rows: List[dict]) -> List[str]:
 
 
 def format_table(meta: dict, rows: List[dict]) -> str:
+    bandwidth = meta.get("p", 2) != 1
     lines = header_lines(meta) + ["#", column_header()]
-    lines += [format_row(r) for r in rows]
-    lines += footer_lines(rows)
+    lines += [format_row(r, bandwidth) for r in rows]
+    lines += footer_lines(rows, bandwidth)
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from .heartbeat import PHASES, Heartbeat
+from .heartbeat import PHASES, Heartbeat, adopt
 from .straggle import Straggler
 from .timeline import Timeline
 
@@ -120,7 +120,8 @@ class HeartbeatCallback:
 
     def on_train_begin(self, trainer):
         interval, timeout, stall_timeout, stall_shutdown = self.settings
-        self.hb = Heartbeat(trainer.comm, interval, timeout, stall_timeout, stall_shutdown).start()
+        # the train command starts the heartbeat before start-up work; take it over (or start one here)
+        self.hb = adopt(trainer.comm, interval, timeout, stall_timeout, stall_shutdown)
         timer, hb = trainer.timer, self.hb
         inner = timer.phase
 

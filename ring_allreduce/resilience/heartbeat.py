@@ -209,6 +209,40 @@ class Heartbeat:
         self.comm.Abort(3)
 
 
+_early: Optional[Heartbeat] = None
+
+
+def start_early(comm, interval: float, timeout: float, stall_timeout: Optional[float] = 60.0,
+                stall_shutdown: Optional[float] = 0.0) -> Optional[Heartbeat]:
+    """Start the job's heartbeat before start-up work (data loading, model build, parameter broadcast).
+
+    A rank stopped or killed during start-up would otherwise leave the others waiting in the first collective.
+    :func:`adopt` hands this heartbeat to the training callback with the same settings. Collective (``Dup``);
+    returns None at p = 1 or with ``interval`` 0 (no detector).
+    """
+    global _early
+    if not interval or comm.Get_size() < 2:
+        return None
+    _early = Heartbeat(comm, interval, timeout, stall_timeout, stall_shutdown).start()
+    _early.progress(0, "idle")
+    return _early
+
+
+def adopt(comm, interval: float, timeout: float, stall_timeout: Optional[float] = 60.0,
+          stall_shutdown: Optional[float] = 0.0) -> Heartbeat:
+    """The heartbeat :func:`start_early` started with these settings (once), else a new one (collective)."""
+    global _early
+    hb, _early = _early, None
+    stall = stall_timeout if stall_timeout and stall_timeout > 0 else None
+    shutdown = stall_shutdown if stall_shutdown and stall_shutdown > 0 else None
+    if hb is not None and hb._thread is not None and (hb.interval, hb.timeout, hb.stall_timeout,
+                                                      hb.stall_shutdown) == (interval, timeout, stall, shutdown):
+        return hb
+    if hb is not None:
+        hb.stop()
+    return Heartbeat(comm, interval, timeout, stall_timeout, stall_shutdown).start()
+
+
 def failure_error(message: str, ranks) -> RankFailureError:
     """Build the exception a caller may raise from an ``on_failure`` callback."""
     return RankFailureError(message, ranks)

@@ -13,7 +13,6 @@ abort a stall that is not a failure).
 """
 from __future__ import annotations
 
-import sys
 
 ORDER = 60  # after the compression plugin, so its hook is already registered when we check the combination
 
@@ -43,9 +42,9 @@ def add_arguments(ap) -> None:
 
 
 def _fail(trainer, msg):
-    if trainer.rank == 0:
-        print(f"ring-allreduce train: error: {msg}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    from ..usage import UsageError
+
+    raise UsageError(msg)  # the same flags on every rank: every rank raises it; rank 0 prints one line
 
 
 def after_build(args, trainer) -> None:

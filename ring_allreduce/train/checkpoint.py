@@ -9,12 +9,33 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from typing import Tuple
 
 import numpy as np
 
 FILENAME = "checkpoint.npz"
 _META = "__meta__"
+_TMP_PREFIX = ".tmp-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read back (truncated, not a checkpoint, or not plain data)."""
+
+
+def clean_temporaries(directory: str) -> list:
+    """Remove ``.tmp-*`` files a killed writer left in ``directory`` (call at start, before any writer runs)."""
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if name.startswith(_TMP_PREFIX):
+            path = os.path.join(directory, name)
+            try:
+                if os.path.isfile(path):
+                    os.unlink(path)
+                    removed.append(path)
+            except OSError:  # pragma: no cover - e.g. removed by someone else meanwhile
+                pass
+    return removed
 
 
 def path_in(directory: str) -> str:
@@ -24,7 +45,7 @@ def path_in(directory: str) -> str:
 def _atomic_write(path: str, write) -> None:
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=d)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -50,12 +71,29 @@ def save(path: str, arrays: dict, meta: dict) -> None:
 
 
 def load(path: str) -> Tuple[dict, dict]:
-    """Read a checkpoint written by :func:`save`: ``(arrays, meta)``; no pickle is ever loaded."""
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files if k != _META}
-        if _META not in z.files:
-            raise ValueError(f"{path} is not a ring_allreduce checkpoint (no {_META})")
-        meta = json.loads(z[_META].tobytes().decode())
+    """Read a checkpoint written by :func:`save`: ``(arrays, meta)``; no pickle is ever loaded.
+
+    Raises :class:`CheckpointError` (one readable line) for a truncated, foreign or corrupt file.
+    """
+    bad = f"checkpoint {path} is unreadable"
+    try:
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{bad}: not a ring_allreduce checkpoint (not an .npz archive; truncated or "
+                                  "overwritten?); remove it or use another --checkpoint-dir")
+        with np.load(path, allow_pickle=False) as z:
+            if _META not in z.files:
+                raise CheckpointError(f"{bad}: not a ring_allreduce checkpoint (no {_META} entry)")
+            arrays = {k: z[k] for k in z.files if k != _META}
+            meta = json.loads(z[_META].tobytes().decode())
+    except CheckpointError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        # NumPy's own message for an object array suggests allow_pickle=True: a checkpoint never needs it
+        what = "it holds Python objects, not plain arrays" if "pickle" in str(e) else f"{type(e).__name__}"
+        raise CheckpointError(f"{bad}: corrupt or truncated ({what}); remove it or use another "
+                              "--checkpoint-dir") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{bad}: its metadata is not a ring_allreduce checkpoint's")
     return arrays, meta
 
 

@@ -114,6 +114,11 @@ class Trainer:
         self.history: list = []
         self._acc = self._zero_acc()
         self._fault = self._parse_fault()
+        self._final = None  # test loss/accuracy when max_steps stops training inside an epoch
+        #: extra per-epoch console fields: "bytes" (wire bytes per step and ratio to an fp32 ring allreduce, for
+        #: compression), "contributors" (ranks per step and dropped gradients, for backup workers / stragglers)
+        self.console_extras: set = set()
+        self._bytes0 = 0
         self.xp = model.xp
 
     # -- callbacks ------------------------------------------------------------------------------------------------
@@ -142,7 +147,7 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------------------------
     @staticmethod
     def _zero_acc() -> dict:
-        return {"rows": 0, "loss_sum": 0.0, "correct": 0, "steps": 0}
+        return {"rows": 0, "loss_sum": 0.0, "correct": 0, "steps": 0, "contributions": 0}
 
     def _parse_fault(self):
         spec = os.environ.get(FAULT_ENV)
@@ -188,6 +193,7 @@ class Trainer:
             busy0 = self.timer.totals.get("comm_busy", 0.0)
             ck0 = self.timer.totals.get("checkpoint", 0.0)
             epoch_samples = 0
+            self._bytes0 = self.optimizer.comm.bytes_sent
             while self.step_in_epoch < len(bl):
                 if self._fault is not None and self.global_step == self._fault:
                     os._exit(86)  # fault injection for the resume test: die without cleanup, mid-epoch
@@ -198,6 +204,8 @@ class Trainer:
                 a["loss_sum"] += res.loss_sum
                 a["correct"] += res.correct
                 a["steps"] += 1
+                a["contributions"] = a.get("contributions", 0) + (
+                    self.size if res.contributors is None else len(res.contributors))
                 self.step_in_epoch += 1
                 self.global_step += 1
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
@@ -212,6 +220,8 @@ class Trainer:
             spans.append((dt, epoch_samples, comm_s, self.timer.totals.get("comm_busy", 0.0) - busy0))
             if self.step_in_epoch >= len(bl):
                 self._end_epoch(dt, epoch_samples, comm_s)
+            elif stop:
+                self._stop_mid_epoch(dt, epoch_samples, len(bl))
         result = self._result(spans, time.perf_counter() - t_start)
         self.optimizer.close()
         self._call("on_train_end", result)
@@ -228,7 +238,8 @@ class Trainer:
         self.history.append(rec)
         acc = "" if test_acc is None else f"  test acc {100 * test_acc:6.2f}%"
         self.log(f"epoch {rec['epoch']:3d}/{self.epochs}  loss {rec['loss']:.4f}{acc}  test loss {test_loss:.4f}"
-                 f"  {rec['samples_per_s']:,.0f} samples/s  comm {100 * rec['comm_fraction']:.1f}%", flush=True)
+                 f"  {rec['samples_per_s']:,.0f} samples/s  comm {100 * rec['comm_fraction']:.1f}%"
+                 + self._console_extras(), flush=True)
         self._call("on_epoch_end", self.epoch, rec)
         self.epoch += 1
         self.step_in_epoch = 0
@@ -236,6 +247,33 @@ class Trainer:
         if self.checkpoint_dir:
             with self.timer.phase("checkpoint"):
                 self.save_checkpoint()
+
+    def _console_extras(self) -> str:
+        """The per-epoch fields asked for in ``console_extras`` (rank 0's bytes; contributions are global)."""
+        a, out = self._acc, ""
+        steps = max(a["steps"], 1)
+        if "bytes" in self.console_extras:
+            per_step = (self.optimizer.comm.bytes_sent - self._bytes0) / steps
+            # what the uncompressed ring sends per rank and step: 2 (p - 1) / p of the gradient
+            ring = 2 * (self.size - 1) / self.size * self.model.n_params * np.dtype(self.model.dtype).itemsize
+            ratio = f" ({ring / per_step:.1f}x less than the plain ring)" if per_step > 0 and ring > 0 else ""
+            out += f"  sent {per_step / 1024:,.1f} KiB/step{ratio}"
+        if "contributors" in self.console_extras:
+            mean = a.get("contributions", 0) / steps
+            dropped = self.size * a["steps"] - a.get("contributions", 0)
+            out += f"  contributors {mean:.2f}/{self.size} per step, {dropped} gradient(s) dropped"
+        return out
+
+    def _stop_mid_epoch(self, dt: float, samples: int, steps_in_epoch: int) -> None:
+        """``max_steps`` ended training inside an epoch: evaluate the final parameters and say where it stopped."""
+        a = self._acc
+        test_loss, test_acc = self.evaluate()
+        self._final = {"test_loss": test_loss, "test_accuracy": test_acc}
+        acc = "" if test_acc is None else f"  test acc {100 * test_acc:6.2f}%"
+        rate = f"  {samples / dt:,.0f} samples/s" if dt > 0 and samples else ""
+        self.log(f"stopped at step {self.global_step} (--max-steps), epoch {self.epoch + 1} step "
+                 f"{self.step_in_epoch}/{steps_in_epoch}  loss {a['loss_sum'] / max(a['rows'], 1):.4f}{acc}"
+                 f"  test loss {test_loss:.4f}{rate}", flush=True)
 
     def evaluate(self):
         """Mean test loss and accuracy (None for regression), each rank evaluating a contiguous share."""
@@ -261,6 +299,8 @@ class Trainer:
         per_rank = self.comm.allgather({"bytes_sent": opt.comm.bytes_sent, "messages": opt.comm.messages,
                                         "collective_bytes": opt.comm.collective_bytes, "digest": digest(opt.params)})
         last = self.history[-1] if self.history else {}
+        if self._final is not None:  # stopped inside an epoch: the evaluation of the final parameters
+            last = self._final
         return {
             "p": self.size, "config": self.config, "history": self.history, "epochs_done": self.epoch,
             "steps": self.global_step,
