@@ -69,5 +69,5 @@ def test_dead_server_ends_the_job(tmp_path):
 def test_bad_combination_is_one_line_on_rank_zero_and_exit_2():
     rc, _, out = launch([sys.executable, "-m", "ring_allreduce", "train", "--mode", "ps", "--servers", "2"], n=2)
     assert rc == 2, out
-    line = "ring-allreduce train: error: --mode ps needs at least one worker"
+    line = "ring-allreduce: error: --mode ps needs at least one worker"
     assert out.count(line) == 1 and "Traceback" not in out, out

@@ -9,7 +9,6 @@ checkpointed per rank by the trainer (error-feedback memory, generators, PowerSG
 from __future__ import annotations
 
 import argparse
-import sys
 
 ORDER = 40  # before plugins that wrap or replace the hook (they see ours as the one to wrap)
 
@@ -46,9 +45,9 @@ def _given(args) -> list:
 
 
 def _fail(trainer, msg):
-    if trainer.rank == 0:
-        print(f"ring-allreduce train: error: {msg}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    from ..usage import UsageError
+
+    raise UsageError(msg)  # the same flags on every rank: every rank raises it; rank 0 prints one line
 
 
 def after_build(args, trainer) -> None:

@@ -5,7 +5,6 @@ The JSON result gains a ``local_sgd`` block: ``local_steps``, ``after_epochs``, 
 """
 from __future__ import annotations
 
-import sys
 
 ORDER = 56  # next to the parameter-server plugin, before resilience (60)
 
@@ -38,9 +37,9 @@ def check(args):
 def after_build(args, trainer) -> None:
     err = check(args)
     if err:
-        if trainer.rank == 0:
-            print(f"ring-allreduce train: error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2)
+        from ..usage import UsageError
+
+        raise UsageError(err)  # the same flags on every rank: every rank raises it; rank 0 prints one line
     if args.local_steps and getattr(args, "mode", "allreduce") == "allreduce":
         from .strategy import LocalSGDStep
 

@@ -11,7 +11,6 @@ The JSON result gains, for every mode, ``mode``, ``hosts`` (each rank's host nam
 """
 from __future__ import annotations
 
-import sys
 
 ORDER = 55  # after compression (40), before resilience (60) which would otherwise reject --staleness without -b
 
@@ -29,9 +28,9 @@ def add_arguments(ap) -> None:
 
 
 def _fail(rank, msg):
-    if rank == 0:
-        print(f"ring-allreduce train: error: {msg}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    from ..usage import UsageError
+
+    raise UsageError(msg)  # the same flags on every rank: every rank raises it; rank 0 prints one line
 
 
 def check(args, p: int):

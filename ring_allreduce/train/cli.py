@@ -112,6 +112,8 @@ def _validate(ap, args) -> None:
     _check_names(args)
     if args.resume and not args.checkpoint_dir:
         raise UsageError("--resume needs --checkpoint-dir")
+    if args.checkpoint_every and not args.checkpoint_dir:
+        raise UsageError("--checkpoint-every needs --checkpoint-dir")
     args.model = _model_name(args)
     regression = args.dataset == "synthetic" and args.synthetic_task == "regression"
     if regression != (args.model == "linreg"):
