@@ -60,6 +60,9 @@ def assert_one_line_error(res, *needles):
     (["--dataset", "synthetic", "--samples", "0"], "--samples"),
     (["--epochs", "0"], "--epochs"),
     (["--heartbeat-timeout", "nan"], "--heartbeat-timeout"),
+    (["--checkpoint-every", "2"], "needs --checkpoint-dir"),
+    (["--mode", "ps", "--servers", "3"], "needs at least one worker"),
+    (["--local-steps", "2", "--compression", "topk"], "cannot be combined"),
 ])
 def test_train_value_errors_are_one_line_at_three_ranks(args, needle):
     res = ra(3, ["train"] + args)
