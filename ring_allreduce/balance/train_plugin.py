@@ -47,7 +47,7 @@ def check(args, p: int):
         given = [f for f, v in (("--balance-every", args.balance_every), ("--balance-speeds", args.balance_speeds))
                  if v is not None]
         if given:
-            raise UsageError(f"{' and '.join(given)} need --balance")
+            raise UsageError(f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --balance")
         return None
     at_least("--balance-every", args.balance_every, 1)
     for flag, on in (("--mode ps", getattr(args, "mode", "allreduce") == "ps"),

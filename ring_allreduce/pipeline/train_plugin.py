@@ -34,7 +34,7 @@ def check(args, p: int, n_layers: int) -> None:
         given = [f for f, v in (("--micro-batches", args.micro_batches),
                                 ("--pipeline-schedule", args.pipeline_schedule)) if v is not None]
         if given:
-            raise UsageError(f"{' and '.join(given)} need --pipeline-stages S >= 2")
+            raise UsageError(f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --pipeline-stages S >= 2")
         return
     at_least("--pipeline-stages", S, 1)
     at_least("--micro-batches", args.micro_batches, 1)
