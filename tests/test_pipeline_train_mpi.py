@@ -48,9 +48,27 @@ def test_pipeline_equals_one_process(stages, micro, schedule, batch):
     all_ok(comm, ok and moved, f"{stages} stages x {p // stages} replica(s) equal one process")
     all_ok(comm, np.allclose(tr.optimizer.velocity, ref.optimizer.velocity, rtol=1e-10, atol=1e-12), "momentum")
     rep = res["pipeline"]
+    expect = _activation_bytes(tr, rep, batch, 8)
+    all_ok(comm, rep["activation_bytes"] == expect, f"activation bytes {rep['activation_bytes']} == {expect}")
     all_ok(comm, rep["stages"] == stages and rep["replicas"] == p // stages
            and [s["layers"] for s in rep["per_stage"]][0][0] == 0
            and rep["per_stage"][-1]["layers"][1] == 4, f"layout {rep['per_stage']}")
+
+
+def _activation_bytes(tr, rep, batch, itemsize):
+    """Per rank: the rows of its replica's share of each step times the widths it sends (forward, backward)."""
+    from ring_allreduce.schedules import chunk_bounds
+    from ring_allreduce.train.data import batches, epoch_order
+
+    n, sizes, S, R = len(tr.task.train), tr.model.sizes, rep["stages"], rep["replicas"]
+    lens = [len(b) for e in range(3) for b in batches(epoch_order(0, e, n), batch)][:tr.global_step]
+    out = []
+    for r in range(S * R):
+        a, b = rep["per_stage"][r % S]["layers"]
+        width = (sizes[b] if r % S < S - 1 else 0) + (sizes[a] if r % S > 0 else 0)
+        rows = sum(int(np.diff(chunk_bounds(k, R))[r // S]) for k in lens)
+        out.append(rows * width * itemsize)
+    return out
 
 
 @pytest.mark.timeout(120)

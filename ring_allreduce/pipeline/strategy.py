@@ -35,6 +35,7 @@ import numpy as np
 from ..schedules import chunk_bounds
 from ..train.hooks import reduce_sum
 from ..train.trainer import StepResult
+from ..train.transport import CountingComm
 from .partition import bubble_formula, flat_span, layer_costs, partition, schedule
 from .stage import Stage
 
@@ -51,8 +52,9 @@ class PipelineStep:
         self.S, self.M, self.R = int(stages), int(micro), p // int(stages)
         self.schedule_name = schedule_name
         self.stage, self.replica = rank % self.S, rank // self.S
-        self.pipe = comm.Split(self.replica, self.stage)  # rank in pipe == stage
-        self.dp = comm.Split(self.stage, self.replica)
+        # counted, as the trainer's own communicator: bytes_sent per rank in the report
+        self.pipe = CountingComm(comm.Split(self.replica, self.stage))  # rank in pipe == stage
+        self.dp = CountingComm(comm.Split(self.stage, self.replica))
         self.layers = partition(layer_costs(model.sizes), self.S)
         self.spans = [flat_span(model, lr) for lr in self.layers]
         self.span = self.spans[self.stage]
@@ -154,12 +156,13 @@ class PipelineStep:
         displs = [s.start for s in self.spans]
         opt = trainer.optimizer
         for a in (opt.params, opt.velocity):
-            self.pipe.Allgatherv(MPI.IN_PLACE, [a, counts, displs, from_numpy_dtype(a.dtype)])
+            self.pipe.comm.Allgatherv(MPI.IN_PLACE, [a, counts, displs, from_numpy_dtype(a.dtype)])
 
     # -- report -------------------------------------------------------------------------------------------------
     def report(self, trainer) -> dict:
         """Layout, and per stage the measured bubble (idle share of the schedule's wall time) next to GPipe's."""
-        per = trainer.comm.allgather((self.stage, self.replica, self.busy_s, self.wall_s, self.steps_timed))
+        per = trainer.comm.allgather((self.stage, self.replica, self.busy_s, self.wall_s, self.steps_timed,
+                                      self.pipe.bytes_sent, self.dp.bytes_sent))
         stages = []
         for s in range(self.S):
             mine = [x for x in per if x[0] == s]
@@ -169,5 +172,6 @@ class PipelineStep:
         fr = [x["bubble_fraction"] for x in stages if x["bubble_fraction"] is not None]
         return {"stages": self.S, "replicas": self.R, "micro_batches": self.M, "schedule": self.schedule_name,
                 "steps_timed": per[0][4], "per_stage": stages,
+                "activation_bytes": [x[5] for x in per], "allreduce_bytes": [x[6] for x in per],
                 "bubble_fraction": float(np.mean(fr)) if fr else None,
                 "bubble_formula": bubble_formula(self.S, self.M)}
