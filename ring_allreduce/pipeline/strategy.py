@@ -167,7 +167,8 @@ class PipelineStep:
         for s in range(self.S):
             mine = [x for x in per if x[0] == s]
             busy, wall = sum(x[2] for x in mine), sum(x[3] for x in mine)
-            stages.append({"stage": s, "layers": list(self.layers[s]), "params": self.spans[s].stop - self.spans[s].start,
+            span = self.spans[s]
+            stages.append({"stage": s, "layers": list(self.layers[s]), "params": span.stop - span.start,
                            "busy_s": busy, "wall_s": wall, "bubble_fraction": 1 - busy / wall if wall > 0 else None})
         fr = [x["bubble_fraction"] for x in stages if x["bubble_fraction"] is not None]
         return {"stages": self.S, "replicas": self.R, "micro_batches": self.M, "schedule": self.schedule_name,
