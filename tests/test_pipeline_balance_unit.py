@@ -89,3 +89,18 @@ def test_schedules_run_each_micro_batch_once_forward_before_backward(stages, mic
             peak = max(peak, live)
         assert peak <= min(stages - st, micro)
     assert bubble_formula(stages, micro) == (stages - 1) / (micro + stages - 1)
+
+
+def test_host_straggle_spec_slows_every_rank_on_that_host():
+    from ring_allreduce.resilience.straggle import Straggler, parse
+
+    s = parse("host:node-b:3")
+    assert (s.host, s.rank, s.factor, s.prob) == ("node-b", None, 3.0, 1.0) and str(s) == "host:node-b:3:1"
+    naps = []
+    for rank, host in enumerate(["node-a", "node-a", "node-b", "node-b"]):
+        st = Straggler(["host:node-b:3"], rank, 4, floor_s=0.01, sleep=naps.append, host=host)
+        st.after_compute(0, 0.0)
+    assert naps == [pytest.approx(0.01), pytest.approx(0.01), pytest.approx(0.03), pytest.approx(0.03)]
+    for bad in ("host::3", "host:n", "host:n:0.5", "host:n:2:7", "host:n:x"):
+        with pytest.raises(ValueError, match="--straggle"):
+            parse(bad)
