@@ -50,3 +50,12 @@ def test_bad_layout_or_combination_is_one_line_and_exit_2(n, flags, line):
     rc, _, out = launch([sys.executable, "-m", "ring_allreduce", "train", "--max-steps", "1"] + flags, n)
     assert rc == 2, out
     assert out.count(line) == 1 and "Traceback" not in out, out
+
+
+@pytest.mark.timeout(120)
+def test_dead_stage_ends_the_job():
+    """A stage that exits without a word (os._exit at step 10): nobody waits forever, nobody finishes."""
+    rc, elapsed, out = launch_job(2, [sys.executable, "-m", "ring_allreduce", "train"] + ARGS, LIMIT_S + 30,
+                                  {"OMP_NUM_THREADS": "1", "RING_ALLREDUCE_FAULT": "1:10"})
+    assert rc != 0 and elapsed < LIMIT_S, out
+    assert "done:" not in out, out
