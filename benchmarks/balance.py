@@ -26,19 +26,17 @@ Usage (from the repository root; not under mpiexec - it launches the jobs itself
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks._jobs import run_train  # noqa: E402
 from ring_allreduce._io import write_json  # noqa: E402
 
 
@@ -54,22 +52,8 @@ def configs(args) -> list:
 
 def run_one(args, extra: list) -> dict:
     """Launch one training job; return its result JSON."""
-    from tests.run import mpiexec_prefix
-
-    out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-    cmd = mpiexec_prefix(args.ranks) + [sys.executable, "-m", "ring_allreduce", "train", "--dataset", "digits",
-                                        "--kernel", "numpy", "--epochs", str(args.epochs), "--seed", str(args.seed),
-                                        "--batch-size", str(args.batch_size), "--compute-floor", str(args.floor),
-                                        "--quiet", "--json", out] + extra
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONPATH=ROOT,
-               MPIR_CVAR_ENABLE_HEAVY_YIELD="1")  # p ranks on fewer cores: see benchmarks/stragglers.py
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-    with open(out) as fh:
-        res = json.load(fh)
-    os.unlink(out)
-    return res
+    return run_train(args.ranks, ["--dataset", "digits", "--kernel", "numpy", "--epochs", args.epochs, "--seed",
+                                  args.seed, "--batch-size", args.batch_size, "--compute-floor", args.floor] + extra)
 
 
 def measure(args) -> dict:

@@ -15,40 +15,25 @@ Usage (from the repository root; not under mpiexec - it launches the jobs itself
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks._jobs import run_train  # noqa: E402
 from ring_allreduce._io import write_json  # noqa: E402
 
 
 def run_one(args, stages: int, micro: int) -> dict:
     """One training job with ``stages`` stages (one replica) and ``micro`` micro-batches; its result JSON."""
-    from tests.run import mpiexec_prefix
-
-    out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
     hidden = ",".join([str(args.width)] * max(stages, args.layers - 1))
-    cmd = mpiexec_prefix(stages) + [sys.executable, "-m", "ring_allreduce", "train", "--dataset", "synthetic",
-                                    "--samples", str(args.batch_size * (args.steps + 1)), "--features",
-                                    str(args.width), "--hidden", hidden, "--kernel", "numpy",
-                                    "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
-                                    "--pipeline-stages", str(stages), "--micro-batches", str(micro),
-                                    "--pipeline-schedule", args.schedule, "--quiet", "--json", out]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, MPIR_CVAR_ENABLE_HEAVY_YIELD="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-    with open(out) as fh:
-        res = json.load(fh)
-    os.unlink(out)
-    return res
+    return run_train(stages, ["--dataset", "synthetic", "--samples", args.batch_size * (args.steps + 1),
+                              "--features", args.width, "--hidden", hidden, "--kernel", "numpy", "--batch-size",
+                              args.batch_size, "--max-steps", args.steps, "--pipeline-stages", stages,
+                              "--micro-batches", micro, "--pipeline-schedule", args.schedule])
 
 
 def measure(args) -> list:

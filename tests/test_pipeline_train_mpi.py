@@ -55,6 +55,13 @@ def test_pipeline_equals_one_process(stages, micro, schedule, batch):
            and rep["per_stage"][-1]["layers"][1] == 4, f"layout {rep['per_stage']}")
 
 
+def _shared_dir(tmp_path_factory, name: str) -> str:
+    """A temporary folder made by rank 0, the same path on every rank (this p must fit two stages)."""
+    comm = MPI.COMM_WORLD
+    _layout(comm.Get_size(), 2)
+    return comm.bcast(str(tmp_path_factory.mktemp(name)) if comm.Get_rank() == 0 else None)
+
+
 def _activation_bytes(tr, rep, batch, itemsize):
     """Per rank: the rows of its replica's share of each step times the widths it sends (forward, backward)."""
     from ring_allreduce.schedules import chunk_bounds
@@ -74,9 +81,7 @@ def _activation_bytes(tr, rep, batch, itemsize):
 @pytest.mark.timeout(120)
 def test_checkpoint_resume_is_bitwise_and_holds_the_full_vector(tmp_path_factory):
     comm = MPI.COMM_WORLD
-    p = comm.Get_size()
-    _layout(p, 2)
-    d = comm.bcast(str(tmp_path_factory.mktemp("pipe")) if comm.Get_rank() == 0 else None)
+    d = _shared_dir(tmp_path_factory, "pipe")
     pipe = ["--batch-size", "16", "--pipeline-stages", "2", "--micro-batches", "3"]
     first, _ = train(comm, EXACT + pipe + ["--max-steps", "6", "--checkpoint-dir", d, "--checkpoint-every", "3"])
     from ring_allreduce.train import checkpoint as ckpt
@@ -96,10 +101,8 @@ def test_checkpoint_resume_is_bitwise_and_holds_the_full_vector(tmp_path_factory
 
 @pytest.mark.timeout(120)
 def test_timeline_has_every_stage_and_bubble_is_reported(tmp_path_factory):
-    comm = MPI.COMM_WORLD
-    p = comm.Get_size()
-    _layout(p, 2)
-    d = comm.bcast(str(tmp_path_factory.mktemp("pipetl")) if comm.Get_rank() == 0 else None)
+    comm, p = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_size()
+    d = _shared_dir(tmp_path_factory, "pipetl")
     path = f"{d}/trace.json"
     _, res = train(comm, EXACT + ["--batch-size", "16", "--max-steps", "4", "--pipeline-stages", "2",
                                   "--micro-batches", "4", "--timeline", path])
