@@ -59,8 +59,13 @@ def check(args, p: int):
     return None if args.balance_speeds is None else parse_speeds(args.balance_speeds, p)
 
 
+def before_build(args, setup) -> None:
+    """Check the flags before any data is loaded or model built (the CLI calls this first)."""
+    check(args, setup.comm.Get_size())
+
+
 def after_build(args, trainer) -> None:
-    forced = check(args, trainer.size)
+    forced = check(args, trainer.size)  # again, for callers that build without before_build
     if not args.balance:
         return
     from .balancer import Balancer

@@ -55,8 +55,14 @@ def check(args, p: int, n_layers: int) -> None:
         raise UsageError("--pipeline-stages moves host (NumPy) activations; GPU kernels are not supported")
 
 
+def before_build(args, setup) -> None:
+    """Check the layout before any data is loaded or model built (the CLI calls this first)."""
+    layers = len(getattr(args, "hidden_sizes", None) or []) + 1 if args.model == "mlp" else 1
+    check(args, setup.comm.Get_size(), layers)
+
+
 def after_build(args, trainer) -> None:
-    check(args, trainer.size, trainer.model.n_layers)
+    check(args, trainer.size, trainer.model.n_layers)  # again, for callers that build without before_build
     if (args.pipeline_stages or 1) < 2:
         return
     from .strategy import PipelineStep
