@@ -32,13 +32,15 @@ def _layout(p, stages):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("stages,micro,schedule", [(2, 4, "gpipe"), (3, 3, "gpipe"), (2, 3, "1f1b"),
-                                                   (3, 5, "1f1b")])
+                                                   (3, 5, "1f1b"), (5, 2, "gpipe")])
 @pytest.mark.parametrize("batch", [20, 5])  # 5 rows: some micro-batches of a replica are empty
 def test_pipeline_equals_one_process(stages, micro, schedule, batch):
     comm = MPI.COMM_WORLD
     p = comm.Get_size()
     _layout(p, stages)
     argv = EXACT + ["--batch-size", str(batch), "--max-steps", "8"]
+    if stages > 4:  # one layer per stage at least: five layers
+        argv += ["--hidden", "16,12,8,8"]
     tr, res = train(comm, argv + ["--pipeline-stages", str(stages), "--micro-batches", str(micro),
                                   "--pipeline-schedule", schedule])
     ref, _ = train(MPI.COMM_SELF, argv, plugins_on=False)
@@ -52,7 +54,7 @@ def test_pipeline_equals_one_process(stages, micro, schedule, batch):
     all_ok(comm, rep["activation_bytes"] == expect, f"activation bytes {rep['activation_bytes']} == {expect}")
     all_ok(comm, rep["stages"] == stages and rep["replicas"] == p // stages
            and [s["layers"] for s in rep["per_stage"]][0][0] == 0
-           and rep["per_stage"][-1]["layers"][1] == 4, f"layout {rep['per_stage']}")
+           and rep["per_stage"][-1]["layers"][1] == tr.model.n_layers, f"layout {rep['per_stage']}")
 
 
 def _shared_dir(tmp_path_factory, name: str) -> str:
