@@ -24,11 +24,9 @@ Usage (from the repository root; not under mpiexec - it launches the jobs itself
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +38,8 @@ from ring_allreduce._io import write_json
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks._jobs import run_train  # noqa: E402
+
 CONFIGS = [  # (label, straggler?, backup workers)
     ("no straggler, sync", False, 0),
     ("straggler, sync", True, 0),
@@ -50,29 +50,13 @@ CONFIGS = [  # (label, straggler?, backup workers)
 
 def run_one(args, straggler: bool, b: int, trace: str = None) -> dict:
     """Launch one training job; return its result JSON."""
-    from tests.run import mpiexec_prefix
-
-    out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-    cmd = mpiexec_prefix(args.ranks) + [sys.executable, "-m", "ring_allreduce", "train", "--dataset", "digits",
-                                        "--kernel", "numpy", "--epochs", str(args.epochs), "--seed", str(args.seed),
-                                        "--compute-floor", str(args.floor), "--backup-workers", str(b),
-                                        "--quiet", "--json", out]
+    train_args = ["--dataset", "digits", "--kernel", "numpy", "--epochs", args.epochs, "--seed", args.seed,
+                  "--compute-floor", args.floor, "--backup-workers", b]
     if straggler:
-        cmd += ["--straggle", f"{args.ranks - 1}:{args.factor:g}"]
+        train_args += ["--straggle", f"{args.ranks - 1}:{args.factor:g}"]
     if trace:
-        cmd += ["--timeline", trace]
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONPATH=ROOT)
-    if args.heavy_yield:
-        # MPICH ranks busy-poll; four on two cores then steal each other's time slices inside every collective
-        # (measured here: 29-35 ms instead of 23 ms per plain synchronous step). Tests do the same (tests/run.py).
-        env["MPIR_CVAR_ENABLE_HEAVY_YIELD"] = "1"
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-    with open(out) as fh:
-        res = json.load(fh)
-    os.unlink(out)
-    return res
+        train_args += ["--timeline", trace]
+    return run_train(args.ranks, train_args, args.heavy_yield)
 
 
 def summarize(res: dict, target: float) -> dict:

@@ -36,6 +36,7 @@ SKIP = {
 }
 #: (pattern on the command as written, arguments appended to shorten it)
 SHORTEN = [
+    (r"python benchmarks/(balance|pipeline)\.py", ["--quick"]),
     (r"train .*--checkpoint-dir", ["--epochs", "2"]),
     (r"train .*--straggle", ["--epochs", "1"]),
     (r"train .*--compression", ["--epochs", "1"]),

@@ -70,6 +70,8 @@ class Heartbeat:
         self._thread: Optional[threading.Thread] = None
         self.failed: list = []
         self.stalls: list = []  # stall messages printed (rank 0)
+        #: rank -> its role in words (e.g. "pipeline stage 1 of replica 0"), named next to a failed rank
+        self.roles: dict = {}
 
     # -- main-thread API -------------------------------------------------------------------------------------
     def progress(self, step: int, phase: str) -> None:
@@ -197,6 +199,8 @@ class Heartbeat:
             if r in table:
                 st, ph, _ = table[r]
                 where.append(f"rank {r} last seen at step {st} in {ph}")
+        roles = [f"rank {r} is {self.roles[r]}" for r in ranks if r in self.roles]
+        where = roles + where
         why = reason or (f"sent no heartbeat for {silent_s:.1f} s (timeout {self.timeout:g} s): "
                          "it died, exited early or hangs")
         msg = (f"ring-allreduce: rank {self.rank} reports rank(s) {list(ranks)} failed: {why}"

@@ -5,6 +5,8 @@ Specs (``--straggle``, repeatable):
 * ``RANK:FACTOR`` - rank ``RANK`` is ``FACTOR`` times slower every step;
 * ``RANK:FACTOR:PROB`` - rank ``RANK`` is slowed with probability ``PROB`` each step, drawn from a generator
   seeded with ``(seed, rank)``, so a run is reproducible and ranks draw independently;
+* ``host:NAME:FACTOR[:PROB]`` - every rank on host ``NAME`` (``MPI.Get_processor_name()``) is slowed, each
+  drawing like a ``RANK`` spec: a slow node (e.g. one host of the emulated cluster);
 * ``random:FACTOR:PROB`` - with probability ``PROB`` each step, one rank drawn uniformly is slowed; the draw
   comes from a generator seeded with ``seed`` alone, identical on every rank, so all ranks agree on who is slow.
 
@@ -30,15 +32,27 @@ class StraggleSpec:
     rank: Optional[int]
     factor: float
     prob: float = 1.0
+    host: Optional[str] = None  # a host spec: rank is None and host names the node
 
     def __str__(self) -> str:
-        who = "random" if self.rank is None else str(self.rank)
+        who = f"host:{self.host}" if self.host is not None else "random" if self.rank is None else str(self.rank)
         return f"{who}:{self.factor:g}:{self.prob:g}"
 
 
 def parse(spec: str) -> StraggleSpec:
-    """Parse ``RANK:FACTOR[:PROB]`` or ``random:FACTOR:PROB``; raise ``ValueError`` naming the bad part."""
+    """Parse ``RANK:FACTOR[:PROB]``, ``host:NAME:FACTOR[:PROB]`` or ``random:FACTOR:PROB``.
+
+    Raises ``ValueError`` naming the bad part.
+    """
     parts = str(spec).strip().split(":")
+    if parts[0].strip().lower() == "host":
+        if len(parts) not in (3, 4) or not parts[1]:
+            raise ValueError(f"--straggle {spec!r}: expected host:NAME:FACTOR[:PROB]")
+        try:
+            s = parse(":".join(["0"] + parts[2:]))  # the FACTOR[:PROB] checks of a rank spec
+        except ValueError as e:
+            raise ValueError(f"--straggle {spec!r}: {str(e).split(': ', 1)[1]}") from None
+        return StraggleSpec(None, s.factor, s.prob, parts[1])
     if len(parts) not in (2, 3):
         raise ValueError(f"--straggle {spec!r}: expected RANK:FACTOR[:PROB] or random:FACTOR:PROB")
     who, factor_s = parts[0].strip().lower(), parts[1]
@@ -73,19 +87,21 @@ class Straggler:
         seed: base seed; per-rank draws use ``(seed, rank)``, the random mode uses ``seed`` on every rank.
         floor_s: pad every rank's compute to at least this many seconds (emulates a heavier model).
         sleep: the sleeping function (tests pass a fake).
+        host: this rank's host name, matched against ``host:NAME`` specs.
     """
 
     __slots__ = ("specs", "rank", "size", "floor_s", "_own", "_shared", "_sleep", "injected_s", "slowed_steps",
-                 "last_factor")
+                 "last_factor", "host")
 
-    def __init__(self, specs: Sequence, rank: int, size: int, seed: int = 0, floor_s: float = 0.0, sleep=time.sleep):
+    def __init__(self, specs: Sequence, rank: int, size: int, seed: int = 0, floor_s: float = 0.0, sleep=time.sleep,
+                 host: str = ""):
         self.specs: List[StraggleSpec] = [s if isinstance(s, StraggleSpec) else parse(s) for s in specs or ()]
         for s in self.specs:
             if s.rank is not None and s.rank >= size:
                 raise ValueError(f"--straggle {s}: rank {s.rank} does not exist with {size} rank(s)")
         if floor_s < 0:
             raise ValueError(f"compute floor must be >= 0 s, got {floor_s}")
-        self.rank, self.size, self.floor_s = rank, size, float(floor_s)
+        self.rank, self.size, self.floor_s, self.host = rank, size, float(floor_s), host
         self._own = np.random.default_rng([int(seed), 0x57A6, rank])
         self._shared = np.random.default_rng([int(seed), 0x57A6, 1 << 20])
         self._sleep = sleep
@@ -105,7 +121,11 @@ class Straggler:
         """
         f = 1.0
         for s in self.specs:
-            if s.rank is None:
+            if s.host is not None:
+                hit = s.prob >= 1.0 or self._own.random() < s.prob
+                if hit and s.host == self.host:
+                    f = max(f, s.factor)
+            elif s.rank is None:
                 hit = self._shared.random() < s.prob
                 victim = int(self._shared.integers(self.size))
                 if hit and victim == self.rank:

@@ -4,7 +4,8 @@ Flags (group "stragglers, timeline and failures"):
 
 ``--backup-workers B`` wait only for the first p - B ranks each step (0: plain synchronous training);
 ``--staleness S`` add a late gradient to a later step if at most S steps old (default 0: drop it);
-``--straggle RANK:FACTOR[:PROB]`` / ``random:FACTOR:PROB`` (repeatable) slow ranks' compute;
+``--straggle RANK:FACTOR[:PROB]`` / ``host:NAME:FACTOR[:PROB]`` / ``random:FACTOR:PROB`` (repeatable) slow ranks'
+compute (a host spec: every rank on that node);
 ``--compute-floor SECONDS`` pad every rank's compute to at least this (emulates a heavier model);
 ``--timeline PATH`` write a Chrome trace of every rank's phases (rank 0 merges them);
 ``--heartbeat-interval S`` (default 1; 0 turns the failure detector off), ``--heartbeat-timeout S`` (default 10),
@@ -25,8 +26,9 @@ def add_arguments(ap) -> None:
                    help="with backup workers: add a late gradient to a later step if at most S steps old "
                         "(default 0: late gradients are dropped); with --mode ps --consistency ssp: the SSP bound")
     g.add_argument("--straggle", action="append", default=[], metavar="RANK:FACTOR[:PROB]",
-                   help="slow RANK's compute FACTOR times (with probability PROB per step); random:FACTOR:PROB "
-                        "slows one random rank per step; repeatable")
+                   help="slow RANK's compute FACTOR times (with probability PROB per step); host:NAME:FACTOR[:PROB] "
+                        "slows every rank on host NAME; random:FACTOR:PROB slows one random rank per step; "
+                        "repeatable")
     g.add_argument("--compute-floor", type=float, default=0.0, metavar="SECONDS",
                    help="pad every rank's compute to at least this long (emulates a heavier model)")
     g.add_argument("--timeline", default=None, metavar="PATH",
@@ -64,10 +66,19 @@ def after_build(args, trainer) -> None:
                        "state assumes every rank takes part in every step)")
     if args.heartbeat_interval < 0 or (args.heartbeat_interval and args.heartbeat_timeout <= args.heartbeat_interval):
         _fail(trainer, "--heartbeat-timeout must exceed --heartbeat-interval (and the interval be >= 0)")
+    host = ""
+    if any(str(s).strip().lower().startswith("host:") for s in args.straggle):
+        from mpi4py import MPI
+
+        host = MPI.Get_processor_name()
+        hosts = trainer.comm.allgather(host)
     try:
-        straggler = Straggler(args.straggle, trainer.rank, p, seed=args.seed, floor_s=args.compute_floor)
+        straggler = Straggler(args.straggle, trainer.rank, p, seed=args.seed, floor_s=args.compute_floor, host=host)
     except ValueError as e:
         _fail(trainer, str(e))
+    for s in straggler.specs:
+        if s.host is not None and s.host not in hosts:
+            _fail(trainer, f"--straggle {s}: no rank runs on host {s.host!r} (hosts: {', '.join(sorted(set(hosts)))})")
     trainer.callbacks.append(StepClock())
     if straggler.active:
         trainer.callbacks.append(StraggleCallback(straggler))

@@ -14,7 +14,13 @@ statistics (``rows`` no longer scales an update).
 straggler injector sleeps here), ``on_phase(trainer, step, name, t0, t1)`` (every timed phase, including each
 bucket's hook call ``"comm:bucket<i>"`` from the communication thread, ``time.perf_counter`` seconds),
 ``on_step_end(trainer, step, result)``, ``on_epoch_end(trainer, epoch, record)``, ``on_train_end(trainer, result)``,
+``before_params_read(trainer)`` (collective, every rank: the trainer is about to read the full parameter vector to
+evaluate, checkpoint or digest it; a model-parallel strategy that updates only its stage's part assembles it here),
 and optionally ``state_dict()``/``load_state_dict()`` plus a ``name`` (checkpointed per rank).
+
+**Sharder** (``trainer.sharder``): ``sharder(global_batch, rank, size) -> indices`` replaces the equal contiguous
+:func:`~.data.shard` of each global batch (load balancing gives faster ranks more rows; a pipeline gives each
+replica its share); None keeps the default.
 """
 from __future__ import annotations
 
@@ -120,6 +126,7 @@ class Trainer:
         self.console_extras: set = set()
         self._bytes0 = 0
         self.xp = model.xp
+        self.sharder = None  # see the module docstring: None = equal contiguous shards
 
     # -- callbacks ------------------------------------------------------------------------------------------------
     def _call(self, method: str, *args) -> None:
@@ -161,7 +168,7 @@ class Trainer:
 
     def train_step(self, global_batch: np.ndarray) -> StepResult:
         """One synchronous step on ``global_batch`` (indices into the training set, identical on every rank)."""
-        idx = shard(global_batch, self.rank, self.size)
+        idx = (self.sharder or shard)(global_batch, self.rank, self.size)
         X, y = self.task.train.take(idx)
         X, y = self._to_device(X), self._to_device(y)
         self.timer.step = self.global_step
@@ -279,6 +286,7 @@ class Trainer:
         """Mean test loss and accuracy (None for regression), each rank evaluating a contiguous share."""
         from mpi4py import MPI
 
+        self._call("before_params_read")
         test = self.task.test
         idx = shard(np.arange(len(test)), self.rank, self.size)
         X, y = test.take(idx)
@@ -289,6 +297,7 @@ class Trainer:
         return float(buf[0] / rows), (float(buf[1] / rows) if self.task.kind == "classification" else None)
 
     def _result(self, spans: list, wall: float) -> dict:
+        self._call("before_params_read")
         t = self.timer.totals
         opt = self.optimizer
         # the first epoch of a process includes JIT compilation and data generation: rates leave it out when
@@ -339,6 +348,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Rank 0 writes params, momentum, every rank's component states and the loop position (atomically)."""
+        self._call("before_params_read")
         local = {}
         for name, comp in self._components():
             local.update(ckpt.flatten_state(f"{name}.r{self.rank}.", comp.state_dict()))

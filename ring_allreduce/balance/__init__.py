@@ -1,0 +1,1 @@
+"""Load balancing: each rank's share of every global batch follows its measured speed (``--balance``)."""

@@ -1,0 +1,1 @@
+"""Model parallelism: the MLP's layers in contiguous stages over ranks, micro-batches in a GPipe schedule."""
