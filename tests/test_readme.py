@@ -33,6 +33,9 @@ SKIP = {
     "RA_VENV=": "needs a Slurm cluster",
     "RA_EPOCHS=": "needs a Slurm cluster",
     "python slurm/local.py": "needs slurm-wlm and root (the slurm tier runs the same cluster)",
+    "python benchmarks/ps_compare.py --json": "brings up the emulated cluster and measures for many minutes",
+    "python benchmarks/ps_compare.py --straggle-spec": "brings up the emulated cluster and measures for many minutes",
+    "python benchmarks/ps_compare.py --launcher mpiexec --quick": "a 2-minute smoke run of every mode (the modes are tested by tests/test_ps_*)",
 }
 #: (pattern on the command as written, arguments appended to shorten it)
 SHORTEN = [
