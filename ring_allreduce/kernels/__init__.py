@@ -7,6 +7,9 @@ A kernel object provides:
   then, when ``div`` is given, divided by ``div`` in the same pass where the kernel can fuse it (floats: true
   division, float16 computed in float32 and rounded once; integers: floor division). ``out`` may alias ``a`` or
   ``b``. All three are 1-D, C-contiguous, same dtype and length;
+  min/max semantics, the same in every kernel, so that the result does not depend on size or algorithm: a NaN in
+  either operand gives NaN, and ``min(-0.0, +0.0) = -0.0``, ``max(-0.0, +0.0) = +0.0`` in either order (native
+  ``MPI_MIN``/``MPI_MAX`` leave both to the implementation: MPICH drops a NaN depending on operand order);
 - ``scale(x, out, div)``: ``out[:] = x / div`` (same rules);
 - ``copy(dst, src)``, ``empty(n, dtype)``, ``synchronize()``.
 

@@ -1,0 +1,341 @@
+"""One transport per communicator: a duplicate of it, the settings every rank agreed on, tags and byte counters.
+
+:func:`of` returns the :class:`Transport` cached on a communicator (an MPI attribute, freed with it). Creating it
+is collective (``Dup`` plus one ``allgather`` of the settings that shape messages: segment and round sizes, the
+shared-memory thresholds, the pretend node layout, the ``auto`` table's digest, ``$RING_ALLREDUCE_CHECK``,
+``$RING_ALLREDUCE_KERNEL``); a setting that differs between ranks, or that a rank cannot read, makes every rank
+raise the same error before any data moves. Every entry point (``allreduce``, plans, the trainer's buckets,
+compression) acquires the transport first, so it is created at the same call on every rank.
+
+Algorithms talk to :attr:`Transport.comm` (the duplicate: its own matching space, so a user's messages on the
+same communicator never meet ours), or, while counting is on or device buffers are involved, to
+:attr:`Transport.wire`, a :class:`Wire` proxy that counts bytes and messages and synchronizes the device stream
+before a device buffer is handed to MPI (the rule: MPI never reads a buffer a kernel may still be writing).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import zlib
+
+from .errors import ArgumentError, MismatchError
+
+_keyval = None
+_lock = threading.Lock()
+#: the first tag of plans' private tag ranges (below: the algorithms' one-shot tags, compression's)
+_PLAN_TAG0 = 0x6000
+
+
+def buffer_nbytes(spec) -> int:
+    """Bytes described by an mpi4py buffer spec: ``buf``, ``[buf, type]``, ``[buf, count, type]``, ..."""
+    from mpi4py import MPI
+
+    if spec is None or spec is MPI.IN_PLACE or spec is MPI.BOTTOM:
+        return 0
+    if isinstance(spec, (list, tuple)):
+        buf = spec[0]
+        if len(spec) >= 3 and isinstance(spec[1], int) and isinstance(spec[-1], MPI.Datatype):
+            return int(spec[1]) * spec[-1].Get_size()
+        if len(spec) >= 3 and isinstance(spec[1], (list, tuple)) and isinstance(spec[-1], MPI.Datatype):
+            return int(spec[1][0]) * spec[-1].Get_size()  # (count, displacement)
+        return _nbytes(buf)
+    return _nbytes(spec)
+
+
+def _nbytes(buf) -> int:
+    n = getattr(buf, "nbytes", None)
+    if n is not None:
+        return int(n)
+    return memoryview(buf).nbytes
+
+
+def _device_of(spec):
+    """The device backend of the array in a buffer spec, or None for host memory."""
+    buf = spec[0] if isinstance(spec, (list, tuple)) else spec
+    mod = type(buf).__module__ or ""
+    if mod.startswith("numpy") or buf is None:
+        return None
+    from . import backends
+
+    try:
+        b = backends.array_backend(buf)
+    except TypeError:
+        return None
+    return None if b == backends.NUMPY else b
+
+
+class Wire:
+    """Forward to ``comm``; count what this rank sends, and synchronize device buffers before MPI reads them.
+
+    ``bytes_sent``/``messages``: point-to-point payload handed to ``Send``/``Isend``/``Sendrecv`` (exact bytes,
+    no envelope); ``collective_bytes``: the local send buffer of each MPI collective called through it (what
+    MPI puts on the wire inside a collective is not visible from Python). Counts run since the last ``reset()``.
+    """
+
+    def __init__(self, comm, transport=None):
+        self.comm = comm
+        self.transport = transport
+        self.bytes_sent = 0
+        self.messages = 0
+        self.collective_bytes = 0
+
+    def reset(self) -> None:
+        self.bytes_sent = self.messages = self.collective_bytes = 0
+
+    def __getattr__(self, name):
+        return getattr(self.comm, name)
+
+    def _count(self, spec) -> None:
+        dev = _device_of(spec)
+        if dev is not None:
+            from . import backends
+
+            backends.synchronize(dev)
+        self.bytes_sent += buffer_nbytes(spec)
+        self.messages += 1
+
+    def Send(self, buf, dest, tag=0):
+        self._count(buf)
+        return self.comm.Send(buf, dest, tag)
+
+    def Ssend(self, buf, dest, tag=0):
+        self._count(buf)
+        return self.comm.Ssend(buf, dest, tag)
+
+    def Isend(self, buf, dest, tag=0):
+        self._count(buf)
+        return self.comm.Isend(buf, dest, tag)
+
+    def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=-1, recvtag=-1, status=None):
+        from mpi4py import MPI
+
+        if dest != MPI.PROC_NULL:
+            self._count(sendbuf)
+        return self.comm.Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
+
+    def Sendrecv_replace(self, buf, dest, sendtag=0, source=-1, recvtag=-1, status=None):
+        from mpi4py import MPI
+
+        if dest != MPI.PROC_NULL:
+            self._count(buf)
+        return self.comm.Sendrecv_replace(buf, dest, sendtag, source, recvtag, status)
+
+    def _coll(self, name, sendbuf, *args, **kw):
+        from mpi4py import MPI
+
+        spec = args[0] if sendbuf is MPI.IN_PLACE and args else sendbuf
+        dev = _device_of(spec)
+        if dev is not None:
+            from . import backends
+
+            backends.synchronize(dev)
+        self.collective_bytes += buffer_nbytes(sendbuf)
+        return getattr(self.comm, name)(sendbuf, *args, **kw)
+
+    def Allreduce(self, sendbuf, recvbuf, op=None):
+        from mpi4py import MPI
+
+        return self._coll("Allreduce", sendbuf, recvbuf, MPI.SUM if op is None else op)
+
+    def Iallreduce(self, sendbuf, recvbuf, op=None):
+        from mpi4py import MPI
+
+        return self._coll("Iallreduce", sendbuf, recvbuf, MPI.SUM if op is None else op)
+
+    def Allgather(self, sendbuf, recvbuf):
+        return self._coll("Allgather", sendbuf, recvbuf)
+
+    def Bcast(self, buf, root=0):
+        if self.comm.Get_rank() == root:
+            self.collective_bytes += buffer_nbytes(buf)
+        return self.comm.Bcast(buf, root)
+
+
+def env_check() -> bool:
+    """``$RING_ALLREDUCE_CHECK`` (default on)."""
+    return os.environ.get("RING_ALLREDUCE_CHECK", "1").lower() not in ("0", "false", "no", "off")
+
+
+#: (name, module attribute, smallest accepted, largest accepted): settings that shape messages
+_SIZES = (
+    ("RING_ALLREDUCE_SEGMENT_BYTES", "algorithms.ring:SEGMENT_BYTES", 8, 1 << 34),
+    ("RING_ALLREDUCE_SHM_SEGMENT_BYTES", "algorithms.shm_path:SEGMENT_BYTES", 1024, 1 << 34),
+    ("RING_ALLREDUCE_SHM_ROUND_BYTES", "algorithms.shm_path:ROUND_BYTES", 64, 1 << 34),
+    ("RING_ALLREDUCE_SHM_RESIDENT_BYTES", "algorithms.shm_path:RESIDENT_MIN_BYTES", 0, 1 << 62),
+    ("RING_ALLREDUCE_SHM_COPY_IN_BYTES", "algorithms.shm_path:COPY_IN_MIN_BYTES", -1, 1 << 62),
+    ("RING_ALLREDUCE_HIERARCHICAL_BYTES", "algorithms.shm_path:HIERARCHICAL_MIN_BYTES", 0, 1 << 62),
+)
+#: the smallest round that the copy-in path accepts from the environment: smaller ones never finish a large call
+MIN_ENV_ROUND_BYTES = 4096
+
+
+def _module_value(path: str):
+    import importlib
+
+    mod, attr = path.split(":")
+    return getattr(importlib.import_module(f"ring_allreduce.{mod}"), attr)
+
+
+def local_settings(size: int):
+    """This rank's view of every setting that shapes messages, and the problems found in it (a list of strings)."""
+    from .settings import env_errors
+
+    settings, problems = {}, list(env_errors())
+    for env, path, lo, hi in _SIZES:
+        v = _module_value(path)
+        settings[env] = v
+        if not isinstance(v, int) or not lo <= v <= hi:
+            problems.append(f"{env}={v!r} is out of range [{lo}, {hi}]")
+    raw_round = os.environ.get("RING_ALLREDUCE_SHM_ROUND_BYTES")
+    if raw_round is not None and raw_round.strip().lstrip("-").isdigit() and int(raw_round) < MIN_ENV_ROUND_BYTES:
+        problems.append(f"RING_ALLREDUCE_SHM_ROUND_BYTES={raw_round} is below {MIN_ENV_ROUND_BYTES}: "
+                        "a large call would take millions of rounds")
+    settings["RING_ALLREDUCE_CHECK"] = env_check()
+    settings["RING_ALLREDUCE_KERNEL"] = os.environ.get("RING_ALLREDUCE_KERNEL") or None
+    from .shm import topology
+
+    try:
+        settings["RING_ALLREDUCE_PRETEND_NODES"] = topology.env_layout(size)
+    except ArgumentError as e:
+        settings["RING_ALLREDUCE_PRETEND_NODES"] = os.environ.get(topology.ENV_PRETEND)
+        problems.append(f"RING_ALLREDUCE_PRETEND_NODES: {e}")
+    settings["auto table"] = table_digest()
+    if settings["auto table"] is None:
+        problems.append(f"auto table: {_table_error()}")
+    return settings, problems
+
+
+_table_errors: list = []
+
+
+def table_digest():
+    """A digest of the ``auto`` table in use (None when it cannot be loaded; :func:`_table_error` says why)."""
+    from .algorithms import auto
+
+    try:
+        t = auto.table()
+    except (OSError, ValueError) as e:  # missing file, bad JSON, bad rules
+        _table_errors[:] = [f"{type(e).__name__}: {e}"]
+        return None
+    return zlib.crc32(json.dumps(t.get("rules"), sort_keys=True).encode()) & 0xFFFFFFFF
+
+
+def _table_error() -> str:
+    return _table_errors[0] if _table_errors else "cannot be loaded"
+
+
+def agree_settings(comm, settings: dict, problems: list) -> None:
+    """Raise the same error on every rank unless all ranks read the same settings without problems."""
+    everyone = comm.allgather((settings, problems))
+    bad = [(r, pr) for r, (_, pr) in enumerate(everyone) if pr]
+    if bad:
+        lines = "; ".join(f"rank {r}: {', '.join(pr)}" for r, pr in bad)
+        raise ArgumentError(f"invalid settings on rank(s) {[r for r, _ in bad]}: {lines}")
+    diffs = {}
+    for key in settings:
+        values = {r: s.get(key) for r, (s, _) in enumerate(everyone)}
+        if len(set(map(repr, values.values()))) > 1:
+            diffs[key] = values
+    if diffs:
+        parts = []
+        for key, values in diffs.items():
+            groups = {}
+            for r, v in values.items():
+                groups.setdefault(repr(v), []).append(r)
+            parts.append(f"{key}: " + ", ".join(f"{v} on rank(s) {rs}" for v, rs in groups.items()))
+        raise MismatchError("ranks disagree on settings (environment variables, auto table): " + "; ".join(parts),
+                            diffs)
+
+
+class Transport:
+    """A communicator's duplicate, the agreed settings, tag allocation and byte counters (see the module doc)."""
+
+    __slots__ = ("user", "comm", "wire", "counting", "settings", "check", "size", "rank", "plans", "_tags",
+                 "__weakref__")
+
+    def __init__(self, user, dup, settings: dict):
+        self.user, self.comm = user, dup
+        self.wire = Wire(dup, self)
+        self.counting = False
+        self.settings = settings
+        self.check = bool(settings["RING_ALLREDUCE_CHECK"])
+        self.size, self.rank = dup.Get_size(), dup.Get_rank()
+        self.plans = {}  # one-shot plan cache: (count, dtype, op, algorithm, kernel, out kind) -> _Schedule
+        self._tags = _PLAN_TAG0
+
+    @property
+    def send_comm(self):
+        """What host algorithms talk to: the counting wire while counting is on, else the bare duplicate."""
+        return self.wire if self.counting else self.comm
+
+    def count(self, on: bool = True) -> Wire:
+        """Start (or stop) counting bytes and messages on :attr:`wire`; returns the wire (its counters)."""
+        self.counting = bool(on)
+        return self.wire
+
+    def new_tags(self, n: int = 2) -> int:
+        """Reserve ``n`` tags for one plan (plans are created in the same order on every rank, so tags match)."""
+        t = self._tags
+        self._tags += n
+        if self._tags > 0x7FFF:  # MPI guarantees tags up to 32767
+            self._tags = _PLAN_TAG0
+        return t
+
+    def free(self) -> None:
+        self.plans = {}
+        if self.comm is not None:
+            try:
+                self.comm.Free()
+            except Exception:  # MPI already finalized
+                pass
+            self.comm = None
+
+
+def _delete(comm, keyval, t) -> None:
+    try:
+        t.free()
+    except Exception:  # never raise out of MPI_Comm_free
+        pass
+
+
+def _key() -> int:
+    global _keyval
+    if _keyval is None:
+        with _lock:
+            if _keyval is None:
+                from mpi4py import MPI
+
+                _keyval = MPI.Comm.Create_keyval(delete_fn=_delete)
+    return _keyval
+
+
+def of(comm) -> Transport:
+    """The transport of ``comm`` (a mpi4py intracommunicator or a :class:`Wire`); collective when first created."""
+    if isinstance(comm, Wire):
+        if comm.transport is not None:
+            return comm.transport
+        comm = comm.comm
+    key = _keyval if _keyval is not None else _key()
+    t = comm.Get_attr(key)
+    if t is not None:
+        return t
+    settings, problems = local_settings(comm.Get_size())
+    agree_settings(comm, settings, problems)
+    dup = comm.Dup()
+    t = Transport(comm, dup, settings)
+    comm.Set_attr(key, t)
+    return t
+
+
+def cached(comm):
+    """The transport of ``comm`` if it exists, else None (no communication)."""
+    if isinstance(comm, Wire):
+        return comm.transport
+    return None if _keyval is None else comm.Get_attr(_keyval)
+
+
+def release(comm) -> None:
+    """Free the transport of ``comm`` (its duplicate communicator); the next call creates a new one (collective)."""
+    if _keyval is not None and comm.Get_attr(_keyval) is not None:
+        comm.Delete_attr(_keyval)
