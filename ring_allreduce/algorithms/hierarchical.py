@@ -34,10 +34,10 @@ from .shm_path import _fence, reduce_column, shm
 _FLAT_OK = ("ring", "tree", "recursive_doubling", "rabenseifner", "mpi")
 
 
-def _cross_algorithm(nbytes: int, m: int, dtype):
+def _cross_algorithm(nbytes: int, m: int, dtype, op):
     from . import auto, get
 
-    name = auto.select(nbytes, m, dtype)
+    name = auto.resolve(nbytes, m, dtype, op)
     return get(name if name in _FLAT_OK else "ring")
 
 
@@ -134,5 +134,5 @@ def _cross(h, buf, op, kernel, div) -> None:
     """Allreduce ``buf`` (this rank's slice) in place among the ranks of equal local rank on every node."""
     if h.cross is None or buf.size == 0:
         return
-    fn = _cross_algorithm(buf.nbytes, h.cross.Get_size(), buf.dtype)
+    fn = _cross_algorithm(buf.nbytes, h.cross.Get_size(), buf.dtype, op)
     fn(h.cross, buf, buf, op, kernel, div)
