@@ -119,10 +119,11 @@ def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None,
     elif error is not None:
         raise error if isinstance(error, ArgumentError) else ArgumentError(str(error)) from error
     name, fn = s.fn_for(route)
+    via = comm if isinstance(comm, _transport.Wire) else None
     if s.staged:  # device array through host memory (to_host waits for the stream that wrote x)
         host = np.array(backends.to_host(x), copy=True)
         hf = host.reshape(-1)
-        reduce_flat(t, s, name, fn, hf, hf)
+        reduce_flat(t, s, name, fn, hf, hf, via)
         res = x if out is x else (out if out is not None else backends.empty_like(x))
         backends.from_host(host, res)
         return res
@@ -138,7 +139,7 @@ def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None,
         dst = src if out is x else _flat(out)
         if s.backend != backends.NUMPY:
             s.kernel.synchronize()  # x may still be written by a kernel: MPI must not read it before
-    reduce_flat(t, s, name, fn, src, dst)
+    reduce_flat(t, s, name, fn, src, dst, via)
     if s.backend != backends.NUMPY:
         s.kernel.synchronize()
     return out

@@ -159,7 +159,7 @@ def check_words(t, words, details, error=None) -> int:
     return b[3] if b[3] == -b[7] else FLAT
 
 
-def reduce_flat(t, s, name, fn, src, dst) -> None:
+def reduce_flat(t, s, name, fn, src, dst, via=None) -> None:
     """Blocking run of ``fn`` on flat views (``dst is src`` in place) on the right communicator (see module doc)."""
     if src.size == 0:
         return
@@ -169,14 +169,16 @@ def reduce_flat(t, s, name, fn, src, dst) -> None:
             s.kernel.copy(dst, src)
         return
     op, src, div = prepare(s.op, src, dst, p, s.kernel)
-    fn(comm_for(t, s, name), src, dst, op, s.kernel, div)
+    fn(comm_for(t, s, name, via), src, dst, op, s.kernel, div)
 
 
-def comm_for(t, s, name):
-    """The user's communicator for the node-aware algorithms, the syncing wire for device buffers handed to MPI,
-    else the duplicate (or the counting wire while counting is on)."""
+def comm_for(t, s, name, via=None):
+    """The user's communicator for the node-aware algorithms; else ``via`` (a caller's counting :class:`Wire`), the
+    syncing wire for device buffers handed to MPI, or the duplicate (the wire while the transport counts)."""
     if name in _ON_USER_COMM:
         return t.user
+    if via is not None:
+        return via
     if s.backend != backends.NUMPY and not s.staged:
         return t.wire
     return t.wire if t.counting else t.comm
@@ -203,7 +205,7 @@ class Plan:
     """
 
     __slots__ = ("x", "out", "t", "schedule", "name", "fn", "src", "dst", "tag", "pool", "_gen", "_reqs",
-                 "_active", "_host", "_run", "nbytes")
+                 "_active", "_host", "_run", "nbytes", "via")
 
     def __init__(self, x, comm, op="sum", algorithm="auto", out=None, kernel=None, *, _agree=True):
         MPI = _MPI[0] if _MPI else mpi()
@@ -211,6 +213,7 @@ class Plan:
             comm = MPI.COMM_WORLD
         _check_comm(comm)
         t = self.t = _transport.of(comm)
+        self.via = comm if isinstance(comm, _transport.Wire) else None  # a counting wire: count what we send
         self._active = False
         self._gen = self._reqs = None
         self.tag = t.new_tags(2)  # before validation: a rank that fails must stay in step with the others
@@ -247,7 +250,7 @@ class Plan:
         s = self.schedule
         if self._host is not None:
             np.copyto(self._host, backends.to_host(self.x))  # to_host waits for the stream that wrote x
-        reduce_flat(self.t, s, self.name, self.fn, self.src, self.dst)
+        reduce_flat(self.t, s, self.name, self.fn, self.src, self.dst, self.via)
         if self._host is not None:
             backends.from_host(self._host, self.out)
         elif s.backend != backends.NUMPY:
@@ -263,11 +266,12 @@ class Plan:
         steps = getattr(self.fn, "steps", None)
         if src.size and t.size > 1 and steps is not None:
             op, src2, div = prepare(s.op, src, dst, t.size, s.kernel)
-            yield from steps(comm_for(t, s, self.name), src2, dst, op, s.kernel, div, tag=self.tag, pool=self.pool)
+            yield from steps(comm_for(t, s, self.name, self.via), src2, dst, op, s.kernel, div, tag=self.tag,
+                             pool=self.pool)
         else:  # no step form (shm, hierarchical, user algorithms): it runs inside the first test()/wait()
             if src.size and t.size > 1:
                 yield []
-            reduce_flat(t, s, self.name, self.fn, src, dst)
+            reduce_flat(t, s, self.name, self.fn, src, dst, self.via)
         if self._host is not None:
             backends.from_host(self._host, self.out)
         elif s.backend != backends.NUMPY:
