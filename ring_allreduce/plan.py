@@ -213,7 +213,8 @@ class Plan:
             comm = MPI.COMM_WORLD
         _check_comm(comm)
         t = self.t = _transport.of(comm)
-        self.via = comm if isinstance(comm, _transport.Wire) else None  # a counting wire: count what we send
+        # a counting proxy (a Wire, or another proxy over one): the algorithms send through it, so it counts
+        self.via = None if isinstance(comm, MPI.Comm) else comm
         self._active = False
         self._gen = self._reqs = None
         self.tag = t.new_tags(2)  # before validation: a rank that fails must stay in step with the others
@@ -342,8 +343,9 @@ def _freed():
 
 def _check_comm(comm) -> None:
     MPI = _MPI[0] if _MPI else mpi()
-    if isinstance(comm, _transport.Wire):
-        comm = comm.comm
+    comm = _transport.unwrap(comm)
+    if isinstance(comm, _transport.Transport):
+        return
     if not isinstance(comm, MPI.Intracomm) or comm.Is_inter():
         raise ArgumentError(f"comm must be an mpi4py intracommunicator, got {type(comm).__name__}")
 

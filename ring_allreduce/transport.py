@@ -307,12 +307,29 @@ def _key() -> int:
     return _keyval
 
 
-def of(comm) -> Transport:
-    """The transport of ``comm`` (a mpi4py intracommunicator or a :class:`Wire`); collective when first created."""
-    if isinstance(comm, Wire):
-        if comm.transport is not None:
+def unwrap(comm):
+    """The transport (if a wire knows it) or the mpi4py communicator under proxies that keep it as ``.comm``."""
+    while True:
+        if isinstance(comm, Wire) and comm.transport is not None:
             return comm.transport
-        comm = comm.comm
+        inner = None if _is_mpi_comm(comm) else getattr(comm, "comm", None)
+        if inner is None:
+            return comm
+        comm = inner
+
+
+def _is_mpi_comm(comm) -> bool:
+    from mpi4py import MPI
+
+    return isinstance(comm, MPI.Comm)
+
+
+def of(comm) -> Transport:
+    """The transport of ``comm`` (an mpi4py intracommunicator, a :class:`Wire` or another proxy of one);
+    collective when first created."""
+    comm = unwrap(comm)
+    if isinstance(comm, Transport):
+        return comm
     key = _keyval if _keyval is not None else _key()
     t = comm.Get_attr(key)
     if t is not None:
@@ -327,8 +344,9 @@ def of(comm) -> Transport:
 
 def cached(comm):
     """The transport of ``comm`` if it exists, else None (no communication)."""
-    if isinstance(comm, Wire):
-        return comm.transport
+    comm = unwrap(comm)
+    if isinstance(comm, Transport):
+        return comm
     return None if _keyval is None else comm.Get_attr(_keyval)
 
 
