@@ -217,14 +217,14 @@ class Plan:
         self.via = None if isinstance(comm, MPI.Comm) else comm
         self._active = False
         self._gen = self._reqs = None
-        self.tag = t.new_tags(2)  # before validation: a rank that fails must stay in step with the others
         try:
             validate_buffers(x, out)
             s = Schedule(t, x, op, algorithm, kernel)
             error = None
         except (ArgumentError, TypeError, ValueError) as e:
             s, error = None, e
-        route = agree_plan(t, s, error, x, out, self.tag)
+        route = agree_plan(t, s, error, x, out)
+        self.tag = t.new_tags(2)  # after the agreement: every rank gets here, or none does
         self.schedule = s
         self.x = x
         self.out = x if out is x else (out if out is not None else backends.empty_like(x))
@@ -350,7 +350,7 @@ def _check_comm(comm) -> None:
         raise ArgumentError(f"comm must be an mpi4py intracommunicator, got {type(comm).__name__}")
 
 
-def agree_plan(t, s, error, x, out, tag) -> int:
+def agree_plan(t, s, error, x, out) -> int:
     """Collective: raise the same error on every rank unless all schedules agree; return the agreed route."""
     mine_route = FLAT
     if s is not None:
@@ -361,7 +361,7 @@ def agree_plan(t, s, error, x, out, tag) -> int:
     if s is None:
         words, details = np.array([-1, 1, 0, 0], dtype=np.int64), {}
     else:
-        words, details = s.words.copy(), dict(s.details, call=f"allreduce_init (tag {tag})")
-        words[2] = zlib.crc32(f"{words[2]}|{tag}".encode()) & 0x7FFFFFFF  # a one-shot call on a peer: mismatch
+        words, details = s.words.copy(), dict(s.details, call="allreduce_init")
+        words[2] = zlib.crc32(f"{words[2]}|init".encode()) & 0x7FFFFFFF  # a one-shot call on a peer: mismatch
         words[3] = mine_route
     return check_words(t, words, details, error)
