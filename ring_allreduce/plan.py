@@ -51,7 +51,7 @@ class Schedule:
     """One call's local validation: what runs, and the signature words every rank compares."""
 
     __slots__ = ("backend", "staged", "kernel", "kernel_name", "op", "algorithm", "flat", "fn", "words",
-                 "details", "auto", "generation", "p", "route_min", "t")
+                 "details", "auto", "generation", "p", "route_min", "t", "hot", "pair")
 
     def __init__(self, t, x, op, algorithm, kernel):
         try:
@@ -94,6 +94,42 @@ class Schedule:
         self.details = {"count": int(x.size), "dtype": str(dt), "op": self.op, "algorithm": algorithm,
                         "resolved": self.flat, "kernel": self.kernel_name, "auto table": digest or None,
                         "call": "allreduce"}
+        self.pair = np.concatenate([self.words, -self.words])  # what the per-call check sends, built once
+        self.hot = self._hot(dt)
+
+    def _hot(self, dt):
+        """``run(x, out) -> out`` for the one-shot common case (C-contiguous host ndarray, flat route, p > 1,
+        not float16 avg), or None: the algorithm call on prebuilt arguments, nothing else."""
+        if self.backend != backends.NUMPY or self.route_min is not None or self.p == 1 or \
+                (self.op == "avg" and dt == np.float16) or self.flat in _ON_USER_COMM:
+            return None
+        comm, p = self.t.comm, self.p
+        op, div = ("sum", p) if self.op == "avg" else (self.op, None)
+        if self.flat == "mpi" and div is None and self.fn is algorithms.get("mpi"):
+            from .ops import mpi_op
+
+            allreduce, mop, IN_PLACE = comm.Allreduce, mpi_op(op), (_MPI[0] if _MPI else mpi()).IN_PLACE
+            empty_like = np.empty_like
+
+            def native(x, out):  # mpi4py takes the arrays as they are (any shape, C-contiguous)
+                if out is None:
+                    out = empty_like(x)
+                    allreduce(x, out, mop)
+                else:
+                    allreduce(IN_PLACE if out is x else x, out, mop)
+                return out
+            return native
+        fn, kernel = self.fn, self.kernel
+
+        def hand_written(x, out):
+            if out is None:
+                out = np.empty_like(x)
+            if x.size:
+                src = x.reshape(-1) if x.ndim != 1 else x
+                dst = src if out is x else (out.reshape(-1) if out.ndim != 1 else out)
+                fn(comm, src, dst, op, kernel, div)
+            return out
+        return hand_written
 
     def current(self) -> bool:
         """Still what a fresh resolution gives (no registry or auto-table change since)?"""
@@ -174,14 +210,14 @@ def reduce_flat(t, s, name, fn, src, dst, via=None) -> None:
 
 def comm_for(t, s, name, via=None):
     """The user's communicator for the node-aware algorithms; else ``via`` (a caller's counting :class:`Wire`), the
-    syncing wire for device buffers handed to MPI, or the duplicate (the wire while the transport counts)."""
+    syncing wire for device buffers handed to MPI, or the duplicate."""
     if name in _ON_USER_COMM:
         return t.user
     if via is not None:
         return via
     if s.backend != backends.NUMPY and not s.staged:
         return t.wire
-    return t.wire if t.counting else t.comm
+    return t.comm
 
 
 def prepare(op, src, dst, p, kernel):
@@ -205,7 +241,7 @@ class Plan:
     """
 
     __slots__ = ("x", "out", "t", "schedule", "name", "fn", "src", "dst", "tag", "pool", "_gen", "_reqs",
-                 "_active", "_host", "_run", "nbytes", "via")
+                 "_active", "_host", "_run", "_idle", "nbytes", "via")
 
     def __init__(self, x, comm, op="sum", algorithm="auto", out=None, kernel=None, *, _agree=True):
         MPI = _MPI[0] if _MPI else mpi()
@@ -238,7 +274,31 @@ class Plan:
             self._host = None
             self.src = _flat(x)
             self.dst = self.src if self.out is x else _flat(self.out)
-        self._run = self._blocking
+        self._run = self._fast() or self._blocking
+
+    def _fast(self):
+        """A closure for the common case (host arrays, p > 1, no staging): only the algorithm call is left."""
+        s, t, src, dst, out = self.schedule, self.t, self.src, self.dst, self.out
+        if s.backend != backends.NUMPY or t.size == 1 or src.size == 0 or (s.op == "avg" and src.dtype == np.float16):
+            return None
+        comm = comm_for(t, s, self.name, self.via)
+        op, _, div = prepare(s.op, src, dst, t.size, s.kernel)
+        if self.name == "mpi" and div is None:  # the native call itself: MPI_Allreduce on prebuilt arguments
+            from .ops import mpi_op
+
+            allreduce, send, mop = comm.Allreduce, ((_MPI[0] if _MPI else mpi()).IN_PLACE if src is dst else src), \
+                mpi_op(op)
+
+            def run():
+                allreduce(send, dst, mop)
+                return out
+            return run
+        fn, kernel = self.fn, s.kernel
+
+        def run():
+            fn(comm, src, dst, op, kernel, div)
+            return out
+        return run
 
     # -- blocking ---------------------------------------------------------------------------------------------
     def __call__(self):
@@ -246,8 +306,6 @@ class Plan:
         return self._run()
 
     def _blocking(self):
-        if self._active:
-            raise RuntimeError("plan is active (started and not yet completed by test()/wait())")
         s = self.schedule
         if self._host is not None:
             np.copyto(self._host, backends.to_host(self.x))  # to_host waits for the stream that wrote x
@@ -282,7 +340,10 @@ class Plan:
         """Begin a nonblocking run (returns the plan, which ``test()``/``wait()`` progress)."""
         if self._active:
             raise RuntimeError("plan is already active; wait() for it before starting it again")
+        if self._run is _freed:
+            _freed()
         self._active = True
+        self._idle, self._run = self._run, _busy
         self._gen = self._steps()
         self._reqs = next(self._gen, None)
         if self._reqs is None:
@@ -292,6 +353,7 @@ class Plan:
     def _finish(self):
         self._active = False
         self._gen = self._reqs = None
+        self._run = self._idle
 
     def test(self) -> bool:
         """Progress the active run without blocking on messages; True once it is complete (or was never started)."""
@@ -323,7 +385,7 @@ class Plan:
         """Release the plan (an active run is completed first)."""
         self.wait()
         self.pool = {}
-        self._run = _freed
+        self._run = self._idle = _freed
 
     def __enter__(self):
         return self
@@ -339,6 +401,10 @@ class Plan:
 
 def _freed():
     raise RuntimeError("plan has been freed")
+
+
+def _busy():
+    raise RuntimeError("plan is active (started and not yet completed by test()/wait())")
 
 
 def _check_comm(comm) -> None:

@@ -8,9 +8,10 @@ raise the same error before any data moves. Every entry point (``allreduce``, pl
 compression) acquires the transport first, so it is created at the same call on every rank.
 
 Algorithms talk to :attr:`Transport.comm` (the duplicate: its own matching space, so a user's messages on the
-same communicator never meet ours), or, while counting is on or device buffers are involved, to
-:attr:`Transport.wire`, a :class:`Wire` proxy that counts bytes and messages and synchronizes the device stream
-before a device buffer is handed to MPI (the rule: MPI never reads a buffer a kernel may still be writing).
+same communicator never meet ours), or, for device buffers, to :attr:`Transport.wire`, a :class:`Wire` proxy that
+synchronizes the device stream before a device buffer is handed to MPI (the rule: MPI never reads a buffer a
+kernel may still be writing) and counts bytes and messages. A caller that wants its own counters (the trainer,
+compression) passes its own ``Wire`` over the transport as ``comm``; plans and one-shot calls send through it.
 """
 from __future__ import annotations
 
@@ -248,28 +249,16 @@ def agree_settings(comm, settings: dict, problems: list) -> None:
 class Transport:
     """A communicator's duplicate, the agreed settings, tag allocation and byte counters (see the module doc)."""
 
-    __slots__ = ("user", "comm", "wire", "counting", "settings", "check", "size", "rank", "plans", "_tags",
-                 "__weakref__")
+    __slots__ = ("user", "comm", "wire", "settings", "check", "size", "rank", "plans", "_tags", "__weakref__")
 
     def __init__(self, user, dup, settings: dict):
         self.user, self.comm = user, dup
-        self.wire = Wire(dup, self)
-        self.counting = False
+        self.wire = Wire(dup, self)  # device buffers go through it (stream synchronized before MPI reads them)
         self.settings = settings
         self.check = bool(settings["RING_ALLREDUCE_CHECK"])
         self.size, self.rank = dup.Get_size(), dup.Get_rank()
         self.plans = {}  # one-shot plan cache: (count, dtype, op, algorithm, kernel, out kind) -> _Schedule
         self._tags = _PLAN_TAG0
-
-    @property
-    def send_comm(self):
-        """What host algorithms talk to: the counting wire while counting is on, else the bare duplicate."""
-        return self.wire if self.counting else self.comm
-
-    def count(self, on: bool = True) -> Wire:
-        """Start (or stop) counting bytes and messages on :attr:`wire`; returns the wire (its counters)."""
-        self.counting = bool(on)
-        return self.wire
 
     def new_tags(self, n: int = 2) -> int:
         """Reserve ``n`` tags for one plan (plans are created in the same order on every rank, so tags match)."""
