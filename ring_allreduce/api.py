@@ -105,7 +105,7 @@ def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None,
     if s is None or s.generation != _GEN[0]:
         try:
             s = Schedule(t, x, op, algorithm, kernel)
-            if key is not None:
+            if key is not None and s.backend == backends.NUMPY:  # device calls: staging follows the environment
                 if len(t.plans) > 4096:
                     t.plans.clear()
                 t.plans[key] = s

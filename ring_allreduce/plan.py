@@ -211,12 +211,12 @@ def reduce_flat(t, s, name, fn, src, dst, via=None) -> None:
 def comm_for(t, s, name, via=None):
     """The user's communicator for the node-aware algorithms; else ``via`` (a caller's counting :class:`Wire`), the
     syncing wire for device buffers handed to MPI, or the duplicate."""
+    if s.backend != backends.NUMPY and not s.staged:  # device buffers (shm/hierarchical fall back to the ring)
+        return via if via is not None else t.wire
     if name in _ON_USER_COMM:
         return t.user
     if via is not None:
         return via
-    if s.backend != backends.NUMPY and not s.staged:
-        return t.wire
     return t.comm
 
 

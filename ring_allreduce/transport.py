@@ -64,6 +64,15 @@ def _device_of(spec):
     return None if b == backends.NUMPY else b
 
 
+def _ready(spec) -> None:
+    """Synchronize the stream of a device buffer before MPI touches it (host buffers: nothing to do)."""
+    dev = _device_of(spec)
+    if dev is not None:
+        from . import backends
+
+        backends.synchronize(dev)
+
+
 class Wire:
     """Forward to ``comm``; count what this rank sends, and synchronize device buffers before MPI reads them.
 
@@ -86,11 +95,7 @@ class Wire:
         return getattr(self.comm, name)
 
     def _count(self, spec) -> None:
-        dev = _device_of(spec)
-        if dev is not None:
-            from . import backends
-
-            backends.synchronize(dev)
+        _ready(spec)
         self.bytes_sent += buffer_nbytes(spec)
         self.messages += 1
 
@@ -106,9 +111,19 @@ class Wire:
         self._count(buf)
         return self.comm.Isend(buf, dest, tag)
 
+    # a receive into a device buffer that a queued kernel still reads (or writes) is the same hazard as a send
+    def Irecv(self, buf, source=-1, tag=-1):
+        _ready(buf)
+        return self.comm.Irecv(buf, source, tag)
+
+    def Recv(self, buf, source=-1, tag=-1, status=None):
+        _ready(buf)
+        return self.comm.Recv(buf, source, tag, status)
+
     def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=-1, recvtag=-1, status=None):
         from mpi4py import MPI
 
+        _ready(recvbuf)
         if dest != MPI.PROC_NULL:
             self._count(sendbuf)
         return self.comm.Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
@@ -123,12 +138,9 @@ class Wire:
     def _coll(self, name, sendbuf, *args, **kw):
         from mpi4py import MPI
 
-        spec = args[0] if sendbuf is MPI.IN_PLACE and args else sendbuf
-        dev = _device_of(spec)
-        if dev is not None:
-            from . import backends
-
-            backends.synchronize(dev)
+        _ready(sendbuf)
+        if args:
+            _ready(args[0])
         self.collective_bytes += buffer_nbytes(sendbuf)
         return getattr(self.comm, name)(sendbuf, *args, **kw)
 

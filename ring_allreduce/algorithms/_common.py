@@ -39,6 +39,17 @@ def sendrecv(comm, send, dest, recv, source):
                   byte_buf(recv), MPI.PROC_NULL if source is None else source, _TAG)
 
 
+def overlaps(a, b) -> bool:
+    """Whether two arrays of any backend may share memory (device arrays: by their CUDA array interface)."""
+    import numpy as np
+
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.may_share_memory(a, b)
+    ia, ib = a.__cuda_array_interface__, b.__cuda_array_interface__
+    pa, pb = ia["data"][0], ib["data"][0]
+    return pa < pb + b.nbytes and pb < pa + a.nbytes
+
+
 def isendrecv(comm, send, dest, recv, source, tag=_TAG):
     """Post the exchange with neighbours (``None`` skips a side); returns the requests to yield."""
     reqs = []

@@ -10,11 +10,9 @@ allgather), so no rank waits for a whole chunk before passing it on.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .. import schedules
 from ..settings import env_int
-from ._common import _TAG, blocking, byte_buf, isendrecv, scratch
+from ._common import _TAG, blocking, byte_buf, isendrecv, overlaps, scratch
 
 #: default segment size for the pipelined reduce-scatter (measured with ``ring-allreduce bench``: MPICH's
 #: single-copy path for large messages has a per-message cost, so segments well above the L2 size win here);
@@ -66,7 +64,7 @@ def _exchange_and_reduce(comm, sendbuf, dest, source, mine, out, op, kernel, div
         # in place at p=2 the allgather lands where our own reduce-scatter segments are still being sent from:
         # receive segment j only once our send of segment j has completed (MPI forbids writing a send buffer
         # before that); otherwise post every receive now, since the left neighbour may finish before we do
-        if not np.may_share_memory(sendbuf, dst[f0:f1]):
+        if not overlaps(sendbuf, dst[f0:f1]):
             fin = [irecv(byte_buf(dst[a:b]), fwd.source, ftag) for a, b in late]
             late = []
     # both sides split a chunk into the same seg-sized messages, so a one-segment chunk is one exchange

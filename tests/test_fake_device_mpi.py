@@ -1,0 +1,86 @@
+"""Device buffers without a GPU: every algorithm on the fake asynchronous device (kernels run only at sync).
+
+A buffer MPI reads before the stream that wrote it is synchronized holds stale bytes, so these tests fail when a
+synchronization is missing (the last test shows that they do). Both device paths run: handed to MPI directly
+(``RING_ALLREDUCE_CUDA_AWARE=1``) and staged through host memory.
+"""
+import numpy as np
+import pytest
+
+import ring_allreduce as ra
+from ring_allreduce import algorithms
+from tests import fake_device as fd
+from tests.mpi_util import all_ok, assert_identical, rank_input
+
+pytestmark = pytest.mark.mpi
+
+ALGORITHMS = algorithms.names() + ["auto"]
+CASES = [(1, "float64", "sum"), (7, "int64", "max"), (1000, "float32", "avg"), (70001, "float64", "sum"),
+         (4099, "float16", "avg"), (333, "int32", "min")]
+
+
+@pytest.fixture(scope="module")
+def comm():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+@pytest.fixture(autouse=True)
+def device():
+    fd.install()
+    yield
+    fd.uninstall()
+
+
+def reference(comm, n, dtype, op, algorithm):
+    """The same call on host arrays (same algorithm, NumPy kernel): the device result must equal it bit for bit."""
+    x = rank_input(n, comm.rank, n, dtype, op)
+    return ra.allreduce(x, comm, op=op, algorithm=algorithm, kernel="numpy")
+
+
+def _skip(algorithm, dtype):
+    if algorithm == "mpi" and dtype == "float16":
+        pytest.skip("MPICH has no float16 datatype for the native reduction")
+
+
+@pytest.mark.parametrize("aware", ["1", "0"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("entry", ["allreduce", "plan", "start"])
+def test_device_paths_of_every_algorithm(comm, monkeypatch, algorithm, aware, entry):
+    monkeypatch.setenv("RING_ALLREDUCE_CUDA_AWARE", aware)
+    for n, dtype, op in CASES:
+        _skip(algorithm, dtype)
+        want = reference(comm, n, dtype, op, algorithm if algorithm != "auto" else "auto")
+        x = fd.to_device(rank_input(n, comm.rank, n, dtype, op))  # written by a queued copy, not yet run
+        if entry == "allreduce":
+            y = ra.allreduce(x, comm, op=op, algorithm=algorithm)
+        else:
+            with ra.allreduce_init(x, comm, op=op, algorithm=algorithm) as plan:
+                x2 = fd.to_device(rank_input(n, comm.rank, n, dtype, op))  # plans read x at run time
+                fd.stream.launch(lambda: np.copyto(x.host, x2.host))
+                y = plan() if entry == "plan" else plan.start().wait()
+        got = fd._to_host(y)  # no synchronize here: the call must have left the result complete
+        all_ok(comm, got.tobytes() == want.tobytes(),
+               f"{algorithm} {entry} aware={aware} n={n} {dtype} {op}: device result equals the host one")
+        assert_identical(comm, got)
+
+
+def test_a_missing_synchronization_is_caught(comm, monkeypatch):
+    """Remove the transport's synchronizations: the fake device must then give a wrong result."""
+    if comm.size < 2:
+        pytest.skip("one rank sends nothing")
+    from ring_allreduce import transport
+    from ring_allreduce.plan import Schedule
+
+    monkeypatch.setenv("RING_ALLREDUCE_CUDA_AWARE", "1")
+    monkeypatch.setattr(transport, "_ready", lambda spec: None)
+    monkeypatch.setattr(fd.FakeDeviceKernel, "synchronize", lambda self: None)
+    n = 5000
+    want = reference(comm, n, "float64", "sum", "ring")
+    x = fd.to_device(rank_input(n, comm.rank, n, "float64", "sum"))
+    y = ra.allreduce(x, comm, algorithm="ring")
+    fd.stream.synchronize()
+    wrong = fd._to_host(y).tobytes() != want.tobytes()
+    assert all(comm.allgather(wrong)), "the fake device did not expose the missing synchronization"
+    assert Schedule  # the module the synchronizations live in was imported (patch applied to the real path)
