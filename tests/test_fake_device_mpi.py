@@ -33,9 +33,19 @@ def device():
     fd.uninstall()
 
 
-def reference(comm, n, dtype, op, algorithm):
-    """The same call on host arrays (same algorithm, NumPy kernel): the device result must equal it bit for bit."""
+def reference(comm, n, dtype, op, algorithm, aware):
+    """The same call on host arrays (same algorithm, NumPy kernel): the device result must equal it bit for bit.
+
+    Device buffers handed to MPI never take the node-aware paths (``shm``/``hierarchical`` fall back to the ring),
+    and ``auto`` takes the table's flat pick for device arrays, so the reference runs what the device runs.
+    """
+    from ring_allreduce.algorithms import auto
+
     x = rank_input(n, comm.rank, n, dtype, op)
+    if algorithm in ("shm", "hierarchical") and aware == "1":
+        algorithm = "ring"
+    elif algorithm == "auto":
+        algorithm = auto.resolve(x.nbytes, comm.size, x.dtype, op)
     return ra.allreduce(x, comm, op=op, algorithm=algorithm, kernel="numpy")
 
 
@@ -51,7 +61,7 @@ def test_device_paths_of_every_algorithm(comm, monkeypatch, algorithm, aware, en
     monkeypatch.setenv("RING_ALLREDUCE_CUDA_AWARE", aware)
     for n, dtype, op in CASES:
         _skip(algorithm, dtype)
-        want = reference(comm, n, dtype, op, algorithm if algorithm != "auto" else "auto")
+        want = reference(comm, n, dtype, op, algorithm, aware)
         x = fd.to_device(rank_input(n, comm.rank, n, dtype, op))  # written by a queued copy, not yet run
         if entry == "allreduce":
             y = ra.allreduce(x, comm, op=op, algorithm=algorithm)
@@ -77,7 +87,7 @@ def test_a_missing_synchronization_is_caught(comm, monkeypatch):
     monkeypatch.setattr(transport, "_ready", lambda spec: None)
     monkeypatch.setattr(fd.FakeDeviceKernel, "synchronize", lambda self: None)
     n = 5000
-    want = reference(comm, n, "float64", "sum", "ring")
+    want = reference(comm, n, "float64", "sum", "ring", "1")
     x = fd.to_device(rank_input(n, comm.rank, n, "float64", "sum"))
     y = ra.allreduce(x, comm, algorithm="ring")
     fd.stream.synchronize()
