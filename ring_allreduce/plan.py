@@ -42,7 +42,7 @@ def _flat(a):
 
 
 def _shm_route(x, out, comm):
-    from .algorithms.shm_path import route
+    from .shm.dispatch import route
 
     return route(x, out, comm)
 
@@ -82,10 +82,10 @@ class Schedule:
         except ValueError as e:
             raise ArgumentError(str(e)) from None
         self.kernel_name = self.kernel.name
-        from .algorithms import shm_path
+        from .shm import settings as shm_settings
 
         # below this size auto never routes to the node-aware paths (no residency lookup, no extra agreement)
-        self.route_min = shm_path._ROUTE_MIN_BYTES if self.auto and self.backend == backends.NUMPY else None
+        self.route_min = shm_settings._ROUTE_MIN_BYTES if self.auto and self.backend == backends.NUMPY else None
         if self.route_min is not None and nbytes < self.route_min:
             self.route_min = None
         w2 = zlib.crc32(f"{self.flat}|{self.kernel_name}|{digest}".encode()) & 0x7FFFFFFF

@@ -171,11 +171,11 @@ def env_check() -> bool:
 #: (name, module attribute, smallest accepted, largest accepted): settings that shape messages
 _SIZES = (
     ("RING_ALLREDUCE_SEGMENT_BYTES", "algorithms.ring:SEGMENT_BYTES", 8, 1 << 34),
-    ("RING_ALLREDUCE_SHM_SEGMENT_BYTES", "algorithms.shm_path:SEGMENT_BYTES", 1024, 1 << 34),
-    ("RING_ALLREDUCE_SHM_ROUND_BYTES", "algorithms.shm_path:ROUND_BYTES", 64, 1 << 34),
-    ("RING_ALLREDUCE_SHM_RESIDENT_BYTES", "algorithms.shm_path:RESIDENT_MIN_BYTES", 0, 1 << 62),
-    ("RING_ALLREDUCE_SHM_COPY_IN_BYTES", "algorithms.shm_path:COPY_IN_MIN_BYTES", -1, 1 << 62),
-    ("RING_ALLREDUCE_HIERARCHICAL_BYTES", "algorithms.shm_path:HIERARCHICAL_MIN_BYTES", 0, 1 << 62),
+    ("RING_ALLREDUCE_SHM_SEGMENT_BYTES", "shm.settings:SEGMENT_BYTES", 1024, 1 << 34),
+    ("RING_ALLREDUCE_SHM_ROUND_BYTES", "shm.settings:ROUND_BYTES", 64, 1 << 34),
+    ("RING_ALLREDUCE_SHM_RESIDENT_BYTES", "shm.settings:RESIDENT_MIN_BYTES", 0, 1 << 62),
+    ("RING_ALLREDUCE_SHM_COPY_IN_BYTES", "shm.settings:COPY_IN_MIN_BYTES", -1, 1 << 62),
+    ("RING_ALLREDUCE_HIERARCHICAL_BYTES", "shm.settings:HIERARCHICAL_MIN_BYTES", 0, 1 << 62),
 )
 #: the smallest round that the copy-in path accepts from the environment: smaller ones never finish a large call
 MIN_ENV_ROUND_BYTES = 4096

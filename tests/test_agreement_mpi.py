@@ -175,7 +175,7 @@ def test_check_set_on_some_ranks_only(fresh, monkeypatch, entry):
     same_error_everywhere(fresh, err, MismatchError, "RING_ALLREDUCE_CHECK")
 
 
-@pytest.mark.parametrize("attr", ["algorithms.ring:SEGMENT_BYTES", "algorithms.shm_path:ROUND_BYTES"])
+@pytest.mark.parametrize("attr", ["algorithms.ring:SEGMENT_BYTES", "shm.settings:ROUND_BYTES"])
 def test_message_sizes_differing_across_ranks(fresh, monkeypatch, attr):
     need_two(fresh)
     import importlib
@@ -192,7 +192,7 @@ def test_message_sizes_differing_across_ranks(fresh, monkeypatch, attr):
 def test_absurd_round_bytes_from_the_environment(fresh, monkeypatch):
     """A round of 1 byte never finishes a large call: refused on every rank (here set on every rank)."""
     monkeypatch.setenv("RING_ALLREDUCE_SHM_ROUND_BYTES", "1")
-    from ring_allreduce.algorithms import shm_path
+    from ring_allreduce.shm import settings as shm_path
 
     monkeypatch.setattr(shm_path, "ROUND_BYTES", 1)
     err = raised(lambda: ra.allreduce(np.ones(100, np.float32), fresh, algorithm="shm"))
@@ -217,7 +217,7 @@ def test_malformed_segment_bytes_on_one_rank(fresh, monkeypatch):
 def test_shared_window_on_one_rank_plain_arrays_elsewhere(comm, entry):
     """auto routes from where arrays live; ranks that see different routes agree on the flat algorithm."""
     need_two(comm)
-    from ring_allreduce.algorithms import shm_path
+    from ring_allreduce.shm import settings as shm_path
 
     n = max(shm_path.RESIDENT_MIN_BYTES, 1 << 18) // 4 + 3
     src = np.arange(n, dtype=np.float32) % 97 + comm.rank
