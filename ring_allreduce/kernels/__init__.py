@@ -20,6 +20,9 @@ environment variable ``RING_ALLREDUCE_KERNEL`` (or an explicit ``kernel=`` argum
 Built in: ``numpy`` (reference, two passes for ``div``), and where the library is installed ``numba`` (fused,
 threaded by ranks per node: see ``numba_cpu``), ``auto`` (NumPy arrays' default with Numba: ``host_auto``),
 ``numba_cuda`` and ``cupy`` (device arrays; built only when first used, and failing then if there is no GPU).
+
+This package holds the reduction kernels only: the model kernels (``mlp_*``) live next to the trainer in
+:mod:`ring_allreduce.train`, the codec kernels (``codec_*``) next to compression in :mod:`ring_allreduce.compression`.
 """
 from __future__ import annotations
 
