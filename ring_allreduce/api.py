@@ -11,7 +11,7 @@ from .plan import FLAT, Plan, Schedule, _check_comm, check_words, reduce_flat, v
 _MPI: list = []  # mpi4py.MPI once loaded: `from mpi4py import MPI` costs ~0.3 us per call
 _GEN = _registry.generation
 _KEY: list = []  # the transport attribute's keyval, once created
-_LAST: list = [None, None]
+_LAST = (None, None)  # (communicator, transport) of the last direct call; replaced whole, so threads see a pair
 
 
 def _load_mpi():
@@ -64,6 +64,7 @@ def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None,
     MPI = _MPI[0] if _MPI else _load_mpi()
     if comm is None:
         comm = MPI.COMM_WORLD
+    global _LAST
     last = _LAST  # the last communicator and its transport: one identity test instead of an attribute lookup
     direct = True
     if comm is last[0] and last[1].comm is not None:
@@ -77,7 +78,7 @@ def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None,
             if not _KEY:
                 _KEY.append(_transport._keyval)
         if type(comm) is MPI.Intracomm:
-            _LAST[:] = [comm, t]
+            _LAST = (comm, t)
     if check is None:
         check = t.check
     if direct and type(x) is np.ndarray:  # the hot path: a cached schedule and prebuilt arguments
