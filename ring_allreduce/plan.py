@@ -243,7 +243,7 @@ class Plan:
     __slots__ = ("x", "out", "t", "schedule", "name", "fn", "src", "dst", "tag", "pool", "_gen", "_reqs",
                  "_active", "_host", "_run", "_idle", "nbytes", "via")
 
-    def __init__(self, x, comm, op="sum", algorithm="auto", out=None, kernel=None, *, _agree=True):
+    def __init__(self, x, comm, op="sum", algorithm="auto", out=None, kernel=None):
         MPI = _MPI[0] if _MPI else mpi()
         if comm is None:
             comm = MPI.COMM_WORLD

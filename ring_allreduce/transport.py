@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .errors import ArgumentError, MismatchError
+from .errors import ArgumentError
 
 _keyval = None
 _lock = threading.Lock()
@@ -237,25 +237,10 @@ def _table_error() -> str:
 
 def agree_settings(comm, settings: dict, problems: list) -> None:
     """Raise the same error on every rank unless all ranks read the same settings without problems."""
-    everyone = comm.allgather((settings, problems))
-    bad = [(r, pr) for r, (_, pr) in enumerate(everyone) if pr]
-    if bad:
-        lines = "; ".join(f"rank {r}: {', '.join(pr)}" for r, pr in bad)
-        raise ArgumentError(f"invalid settings on rank(s) {[r for r, _ in bad]}: {lines}")
-    diffs = {}
-    for key in settings:
-        values = {r: s.get(key) for r, (s, _) in enumerate(everyone)}
-        if len(set(map(repr, values.values()))) > 1:
-            diffs[key] = values
-    if diffs:
-        parts = []
-        for key, values in diffs.items():
-            groups = {}
-            for r, v in values.items():
-                groups.setdefault(repr(v), []).append(r)
-            parts.append(f"{key}: " + ", ".join(f"{v} on rank(s) {rs}" for v, rs in groups.items()))
-        raise MismatchError("ranks disagree on settings (environment variables, auto table): " + "; ".join(parts),
-                            diffs)
+    from .agreement import raise_differences
+
+    raise_differences(comm.allgather((settings, problems)), list(settings),
+                      "settings (environment variables, auto table)")
 
 
 class Transport:
@@ -290,21 +275,14 @@ class Transport:
             self.comm = None
 
 
-def _delete(comm, keyval, t) -> None:
-    try:
-        t.free()
-    except Exception:  # never raise out of MPI_Comm_free
-        pass
-
-
 def _key() -> int:
     global _keyval
     if _keyval is None:
         with _lock:
             if _keyval is None:
-                from mpi4py import MPI
+                from .shm.topology import make_keyval
 
-                _keyval = MPI.Comm.Create_keyval(delete_fn=_delete)
+                _keyval = make_keyval(lambda t: t.free())
     return _keyval
 
 

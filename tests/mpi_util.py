@@ -27,3 +27,23 @@ def rank_input(seed: int, rank: int, n: int, dtype, op: str = "sum") -> np.ndarr
     if dt.kind == "f":
         return rng.standard_normal(n).astype(dt)
     return rng.integers(-1000, 1000, size=n).astype(dt)
+
+
+def raised(fn):
+    """The MismatchError/ArgumentError ``fn()`` raises, or None."""
+    from ring_allreduce import ArgumentError, MismatchError
+
+    try:
+        fn()
+    except (MismatchError, ArgumentError) as e:
+        return e
+    return None
+
+
+def same_error_everywhere(comm, err, cls, *needles) -> None:
+    """Assert every rank raised the same ``cls`` error, whose message contains each of ``needles``."""
+    msgs = comm.allgather(None if err is None else (type(err).__name__, str(err)))
+    all_ok(comm, err is not None and isinstance(err, cls), f"expected {cls.__name__}, got {msgs[comm.rank]}")
+    assert len(set(msgs)) == 1, f"ranks raised different errors: {msgs}"
+    for needle in needles:
+        assert needle in msgs[0][1], msgs[0][1]

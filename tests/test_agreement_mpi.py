@@ -9,7 +9,7 @@ import pytest
 
 import ring_allreduce as ra
 from ring_allreduce import ArgumentError, MismatchError, algorithms
-from tests.mpi_util import all_ok, assert_identical
+from tests.mpi_util import all_ok, assert_identical, raised, same_error_everywhere
 
 pytestmark = pytest.mark.mpi
 
@@ -36,22 +36,6 @@ def call(entry, x, comm, **kw):
         return ra.allreduce(x, comm, **kw)
     with ra.allreduce_init(x, comm, **kw) as plan:
         return plan()
-
-
-def raised(fn):
-    try:
-        fn()
-    except (MismatchError, ArgumentError) as e:
-        return e
-    return None
-
-
-def same_error_everywhere(comm, err, cls, *needles):
-    msgs = comm.allgather(None if err is None else (type(err).__name__, str(err)))
-    all_ok(comm, err is not None and isinstance(err, cls), f"expected {cls.__name__}, got {msgs[comm.rank]}")
-    assert len(set(msgs)) == 1, f"ranks raised different errors: {msgs}"
-    for needle in needles:
-        assert needle in msgs[0][1], msgs[0][1]
 
 
 def need_two(comm):
