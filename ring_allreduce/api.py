@@ -100,6 +100,8 @@ def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None,
     error = None
     try:
         key = (x.size, x.dtype, op, algorithm, kernel)
+        if type(x) is not np.ndarray:  # a subclass or a device array: never the hot path's schedule
+            key += (type(x),)
         s = t.plans.get(key)
     except (TypeError, AttributeError):  # not an array, or an unhashable argument: validated below
         key = s = None

@@ -94,3 +94,14 @@ def test_a_missing_synchronization_is_caught(comm, monkeypatch):
     wrong = fd._to_host(y).tobytes() != want.tobytes()
     assert all(comm.allgather(wrong)), "the fake device did not expose the missing synchronization"
     assert Schedule  # the module the synchronizations live in was imported (patch applied to the real path)
+
+
+@pytest.mark.parametrize("aware", ["1", "0"])
+def test_a_host_call_with_the_same_signature_does_not_capture_the_device_call(comm, monkeypatch, aware):
+    """One-shot calls cache what they resolved per signature; a host array's entry must not serve a device array."""
+    monkeypatch.setenv("RING_ALLREDUCE_CUDA_AWARE", aware)
+    x = rank_input(3, comm.rank, 501, "float32", "sum")
+    want = ra.allreduce(x, comm, algorithm="ring")  # plain sums: the default host kernel gives NumPy's bits
+    y = ra.allreduce(fd.to_device(x), comm, algorithm="ring")
+    ok = isinstance(y, fd.FakeDeviceArray) and fd._to_host(y).tobytes() == want.tobytes()
+    all_ok(comm, ok, "device call after a host call of the same signature")
