@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import threading
 
+from numpy import ndarray as _ndarray
+
 from .errors import ArgumentError
 
 _keyval = None
@@ -28,6 +30,8 @@ _PLAN_TAG0 = 0x6000
 
 def buffer_nbytes(spec) -> int:
     """Bytes described by an mpi4py buffer spec: ``buf``, ``[buf, type]``, ``[buf, count, type]``, ..."""
+    if type(spec) is _ndarray:
+        return spec.nbytes
     from mpi4py import MPI
 
     if spec is None or spec is MPI.IN_PLACE or spec is MPI.BOTTOM:
@@ -51,9 +55,11 @@ def _nbytes(buf) -> int:
 
 def _device_of(spec):
     """The device backend of the array in a buffer spec, or None for host memory."""
-    buf = spec[0] if isinstance(spec, (list, tuple)) else spec
+    buf = spec[0] if type(spec) is list or type(spec) is tuple else spec
+    if type(buf) is _ndarray or buf is None or isinstance(buf, _ndarray):
+        return None
     mod = type(buf).__module__ or ""
-    if mod.startswith("numpy") or buf is None:
+    if mod.startswith("mpi4py"):  # IN_PLACE, BOTTOM, buffers
         return None
     from . import backends
 
@@ -66,6 +72,8 @@ def _device_of(spec):
 
 def _ready(spec) -> None:
     """Synchronize the stream of a device buffer before MPI touches it (host buffers: nothing to do)."""
+    if type(spec) is _ndarray:
+        return
     dev = _device_of(spec)
     if dev is not None:
         from . import backends
@@ -84,6 +92,7 @@ class Wire:
     def __init__(self, comm, transport=None):
         self.comm = comm
         self.transport = transport
+        self.sums = {}  # hooks.reduce_sum's resolved calls through this wire
         self.bytes_sent = 0
         self.messages = 0
         self.collective_bytes = 0
@@ -136,8 +145,6 @@ class Wire:
         return self.comm.Sendrecv_replace(buf, dest, sendtag, source, recvtag, status)
 
     def _coll(self, name, sendbuf, *args, **kw):
-        from mpi4py import MPI
-
         _ready(sendbuf)
         if args:
             _ready(args[0])
@@ -145,9 +152,14 @@ class Wire:
         return getattr(self.comm, name)(sendbuf, *args, **kw)
 
     def Allreduce(self, sendbuf, recvbuf, op=None):
-        from mpi4py import MPI
+        _ready(sendbuf)
+        _ready(recvbuf)
+        self.collective_bytes += buffer_nbytes(sendbuf)
+        if op is None:
+            from mpi4py import MPI
 
-        return self._coll("Allreduce", sendbuf, recvbuf, MPI.SUM if op is None else op)
+            op = MPI.SUM
+        return self.comm.Allreduce(sendbuf, recvbuf, op)
 
     def Iallreduce(self, sendbuf, recvbuf, op=None):
         from mpi4py import MPI

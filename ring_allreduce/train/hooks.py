@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import algorithms
+from .. import algorithms, kernels
+from .._registry import generation as _generation
 from ..algorithms import auto
 
 
@@ -41,17 +42,34 @@ class Bucket:
 def reduce_sum(comm, buf, algorithm: str = "auto", kernel=None) -> None:
     """Sum ``buf`` (1-D, C-contiguous; device arrays are staged through the host) over ``comm`` in place.
 
-    The one-shot path of :func:`ring_allreduce.allreduce` (a schedule cached on the communicator's transport)
-    with the check off: the trainer agrees on the model and bucket layout once, at start. ``auto`` takes the
-    table's flat pick (no node-aware routing, which would need a collective per call). ``comm`` may be a
-    counting :class:`~ring_allreduce.transport.Wire`: what the algorithm sends is counted there.
+    No argument agreement here: the trainer agrees on the model and bucket layout once, at start. ``auto`` takes
+    the table's flat pick (no node-aware routing, which would need a collective per call). ``comm`` is normally
+    the trainer's counting :class:`~ring_allreduce.transport.Wire`: the resolved algorithm is cached on it and
+    sends through it (so it counts); anything else goes through the one-shot :func:`ring_allreduce.allreduce`
+    with the check off. The kernel defaults to the NumPy reference (``kernel``: a name or a kernel object).
     """
-    from ..api import allreduce
-
     if buf.size == 0 or comm.Get_size() == 1:
         return
+    cache = getattr(comm, "sums", None)
+    if cache is not None and isinstance(buf, np.ndarray) and comm.transport is not None:
+        key = (buf.size, buf.dtype, algorithm, kernel, _generation[0])
+        hit = cache.get(key)
+        if hit is None:
+            name = auto.resolve(buf.nbytes, comm.Get_size(), buf.dtype, "sum") if algorithm == "auto" else algorithm
+            k = kernels.get(kernel or "numpy") if kernel is None or isinstance(kernel, str) else kernel
+            target = comm.transport.user if name in ("shm", "hierarchical") else comm
+            if len(cache) > 1024:
+                cache.clear()
+            hit = cache[key] = (algorithms.get(name), target, k)
+        fn, target, k = hit
+        fn(target, buf, buf, "sum", k, None)
+        return
+    from ..api import allreduce
+
     name = auto.resolve(buf.nbytes, comm.Get_size(), buf.dtype, "sum") if algorithm == "auto" else algorithm
-    kname = None if kernel is None else (kernel if isinstance(kernel, str) else kernel.name)
+    kname = "numpy" if kernel is None else (kernel if isinstance(kernel, str) else kernel.name)
+    if not isinstance(buf, np.ndarray):
+        kname = None  # the device array's default kernel (staging reduces on the host with NumPy's)
     allreduce(buf, comm, op="sum", algorithm=name, out=buf, check=False, kernel=kname)
 
 
