@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import ArgumentError, MismatchError
 
-_FIELDS = ("count", "dtype", "op", "algorithm", "resolved", "kernel", "auto table", "call")
+_FIELDS = ("count", "dtype", "op", "algorithm", "resolved", "kernel", "auto table", "call", "settings")
 
 
 def algorithm_code(name: str) -> int:

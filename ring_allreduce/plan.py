@@ -47,6 +47,12 @@ def _shm_route(x, out, comm):
     return route(x, out, comm)
 
 
+def _changed(agreed: dict, now: dict) -> str:
+    """The settings that differ from what the transport agreed (readable, for a mismatch message)."""
+    diff = [f"{k}={now.get(k)!r}" for k in sorted(now) if now.get(k) != agreed.get(k)]
+    return ", ".join(diff) or "as agreed"
+
+
 class Schedule:
     """One call's local validation: what runs, and the signature words every rank compares."""
 
@@ -88,12 +94,15 @@ class Schedule:
         self.route_min = shm_settings._ROUTE_MIN_BYTES if self.auto and self.backend == backends.NUMPY else None
         if self.route_min is not None and nbytes < self.route_min:
             self.route_min = None
-        w2 = zlib.crc32(f"{self.flat}|{self.kernel_name}|{digest}".encode()) & 0x7FFFFFFF
+        sdigest, settings, problems = _transport.settings_digest(self.p)
+        if problems:
+            raise ArgumentError("invalid settings: " + ", ".join(problems))
+        w2 = zlib.crc32(f"{self.flat}|{self.kernel_name}|{digest}|{sdigest}".encode()) & 0x7FFFFFFF
         w1 = (agreement.algorithm_code(algorithm) << 16) | (dtype_code(dt) << 8) | (op_code(self.op) << 1)
         self.words = np.array([int(x.size), w1, w2, 0], dtype=np.int64)
         self.details = {"count": int(x.size), "dtype": str(dt), "op": self.op, "algorithm": algorithm,
                         "resolved": self.flat, "kernel": self.kernel_name, "auto table": digest or None,
-                        "call": "allreduce"}
+                        "call": "allreduce", "settings": _changed(t.settings, settings)}
         self.pair = np.concatenate([self.words, -self.words])  # what the per-call check sends, built once
         self.hot = self._hot(dt)
 

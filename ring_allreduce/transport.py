@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import zlib
 
 from numpy import ndarray as _ndarray
 
@@ -227,6 +228,13 @@ def local_settings(size: int):
     if settings["auto table"] is None:
         problems.append(f"auto table: {_table_error()}")
     return settings, problems
+
+
+def settings_digest(size: int):
+    """``(digest, settings, problems)`` of :func:`local_settings`: what a plan adds to its agreed signature, so a
+    setting changed after the transport was created is still caught."""
+    settings, problems = local_settings(size)
+    return zlib.crc32(repr(sorted(settings.items())).encode()) & 0x7FFFFFFF, settings, problems
 
 
 _table_errors: list = []

@@ -173,6 +173,20 @@ def test_message_sizes_differing_across_ranks(fresh, monkeypatch, attr):
     same_error_everywhere(fresh, err, MismatchError, env)
 
 
+@pytest.mark.parametrize("entry", ENTRY)
+def test_a_setting_changed_on_one_rank_after_the_transport_exists(comm, monkeypatch, entry):
+    need_two(comm)
+    import importlib
+
+    ring = importlib.import_module("ring_allreduce.algorithms.ring")
+    ra.allreduce(np.ones(3), comm)  # the transport exists and agreed the settings
+    if comm.rank == 0:
+        monkeypatch.setattr(ring, "SEGMENT_BYTES", ring.SEGMENT_BYTES // 2)
+    err = raised(lambda: call(entry, np.ones(123, np.float32), comm, algorithm="ring", check=True)
+                 if entry == "allreduce" else call(entry, np.ones(123, np.float32), comm, algorithm="ring"))
+    same_error_everywhere(comm, err, MismatchError, "settings", "RING_ALLREDUCE_SEGMENT_BYTES")
+
+
 def test_absurd_round_bytes_from_the_environment(fresh, monkeypatch):
     """A round of 1 byte never finishes a large call: refused on every rank (here set on every rank)."""
     monkeypatch.setenv("RING_ALLREDUCE_SHM_ROUND_BYTES", "1")
