@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import ArgumentError, MismatchError
 
-_FIELDS = ("count", "dtype", "op", "algorithm")
+_FIELDS = ("count", "dtype", "op", "algorithm", "resolved", "kernel", "auto table", "call", "settings")
 
 
 def algorithm_code(name: str) -> int:
@@ -49,20 +49,28 @@ def agreed(buf: np.ndarray) -> bool:
 
 def explain(comm, details: dict, error: Exception = None) -> None:
     """After a failed :func:`agreed` (the same on every rank): gather the details and raise the same error everywhere."""
-    everyone = comm.allgather((details, None if error is None else f"{type(error).__name__}: {error}"))
-    failed = [(r, msg) for r, (_, msg) in enumerate(everyone) if msg is not None]
+    everyone = comm.allgather((details, None if error is None else [f"{type(error).__name__}: {error}"]))
+    raise_differences(everyone, _FIELDS, "allreduce arguments", str)
+
+
+def raise_differences(everyone, fields, what: str, show=repr) -> None:
+    """From every rank's ``(values dict, problems or None)``: raise the same ArgumentError (a rank had problems) or
+    MismatchError (values differ) on every rank, naming ranks and values; return when all agree."""
+    failed = [(r, pr) for r, (_, pr) in enumerate(everyone) if pr]
     if failed:
-        lines = "; ".join(f"rank {r}: {msg}" for r, msg in failed)
-        raise ArgumentError(f"allreduce arguments invalid on rank(s) {[r for r, _ in failed]}: {lines}")
+        lines = "; ".join(f"rank {r}: {', '.join(pr)}" for r, pr in failed)
+        raise ArgumentError(f"{what} invalid on rank(s) {[r for r, _ in failed]}: {lines}")
     diffs = {}
-    for field in _FIELDS:
+    for field in fields:
         values = {r: d.get(field) for r, (d, _) in enumerate(everyone)}
-        if len(set(map(str, values.values()))) > 1:
+        if len(set(map(show, values.values()))) > 1:
             diffs[field] = values
+    if not diffs:
+        return
     parts = []
     for field, values in diffs.items():
         groups = {}
         for r, v in values.items():
-            groups.setdefault(str(v), []).append(r)
+            groups.setdefault(show(v), []).append(r)
         parts.append(f"{field}: " + ", ".join(f"{v} on rank(s) {rs}" for v, rs in groups.items()))
-    raise MismatchError("ranks disagree on allreduce arguments: " + "; ".join(parts), diffs)
+    raise MismatchError(f"ranks disagree on {what}: " + "; ".join(parts), diffs)

@@ -12,6 +12,32 @@ import numpy as np
 NUMPY, CUPY, NUMBA_CUDA = "numpy", "cupy", "numba_cuda"
 
 
+class BackendOps:
+    """What the package needs from a device backend registered at run time (see :func:`register`)."""
+
+    __slots__ = ("is_array", "synchronize", "to_host", "from_host", "empty_like")
+
+    def __init__(self, is_array, synchronize, to_host, from_host, empty_like):
+        self.is_array, self.synchronize, self.to_host = is_array, synchronize, to_host
+        self.from_host, self.empty_like = from_host, empty_like
+
+
+#: device backends registered at run time (the tests' fake asynchronous device): name -> BackendOps
+_EXTRA: dict = {}
+
+
+def register(name: str, *, is_array, synchronize, to_host, from_host, empty_like) -> None:
+    """Register a device array backend: ``is_array(x) -> bool``, ``synchronize()`` (wait for the stream),
+    ``to_host(x) -> ndarray`` (after synchronizing), ``from_host(host, out)`` (may be asynchronous: the caller
+    synchronizes), ``empty_like(x)``. Its arrays must expose ``__cuda_array_interface__`` (what mpi4py hands to
+    MPI) and register a kernel (``kernels.DEFAULTS[name]``)."""
+    _EXTRA[name] = BackendOps(is_array, synchronize, to_host, from_host, empty_like)
+
+
+def unregister(name: str) -> None:
+    _EXTRA.pop(name, None)
+
+
 def array_backend(x) -> str:
     """Return ``"numpy"``, ``"cupy"`` or ``"numba_cuda"`` for an array, or raise ``TypeError``."""
     if isinstance(x, np.ndarray):
@@ -28,6 +54,9 @@ def array_backend(x) -> str:
             is_device = isinstance(x, cuda.devicearray.FakeCUDAArray)
         if is_device:
             return NUMBA_CUDA
+    for name, ops in _EXTRA.items():
+        if ops.is_array(x):
+            return name
     raise TypeError(f"expected a NumPy, CuPy or Numba CUDA array, got {type(x).__module__}.{type(x).__qualname__}")
 
 
@@ -63,6 +92,8 @@ def to_host(x) -> np.ndarray:
     synchronize(b)
     if b == CUPY:
         return x.get()
+    if b in _EXTRA:
+        return _EXTRA[b].to_host(x)
     return x.copy_to_host()
 
 
@@ -74,6 +105,8 @@ def from_host(host: np.ndarray, out) -> None:
         return
     if b == CUPY:
         out.set(host)
+    elif b in _EXTRA:
+        _EXTRA[b].from_host(host, out)
     else:
         out.copy_to_device(host)
     synchronize(b)
@@ -87,6 +120,8 @@ def empty_like(x):
         import cupy
 
         return cupy.empty_like(x)
+    if b in _EXTRA:
+        return _EXTRA[b].empty_like(x)
     from numba import cuda
 
     return cuda.device_array(x.shape, dtype=x.dtype)
@@ -102,3 +137,5 @@ def synchronize(backend: str) -> None:
         from numba import cuda
 
         cuda.synchronize()
+    elif backend in _EXTRA:
+        _EXTRA[backend].synchronize()

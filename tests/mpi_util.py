@@ -54,3 +54,23 @@ def launch_job(n: int, cmd: list, limit_s: float, env_extra=None):
         out, _ = proc.communicate()
         pytest.fail(f"job did not end within {limit_s} s:\n{out}")
     return proc.returncode, time.monotonic() - t0, out
+
+
+def raised(fn):
+    """The MismatchError/ArgumentError ``fn()`` raises, or None."""
+    from ring_allreduce import ArgumentError, MismatchError
+
+    try:
+        fn()
+    except (MismatchError, ArgumentError) as e:
+        return e
+    return None
+
+
+def same_error_everywhere(comm, err, cls, *needles) -> None:
+    """Assert every rank raised the same ``cls`` error, whose message contains each of ``needles``."""
+    msgs = comm.allgather(None if err is None else (type(err).__name__, str(err)))
+    all_ok(comm, err is not None and isinstance(err, cls), f"expected {cls.__name__}, got {msgs[comm.rank]}")
+    assert len(set(msgs)) == 1, f"ranks raised different errors: {msgs}"
+    for needle in needles:
+        assert needle in msgs[0][1], msgs[0][1]

@@ -89,3 +89,17 @@ def test_float16_avg_divides_before_summing(comm):
     """At p=1 nothing is summed; the overflow guarantee is tested across ranks in test_allreduce_mpi.py."""
     x = np.full(4, 60000, np.float16)
     np.testing.assert_array_equal(allreduce(x, comm, op="avg"), x)
+
+
+def test_env_int_records_a_malformed_value_instead_of_raising(monkeypatch):
+    from ring_allreduce import settings
+
+    monkeypatch.setenv("RING_ALLREDUCE_TEST_BYTES", "12 KiB")
+    try:
+        assert settings.env_int("RING_ALLREDUCE_TEST_BYTES", 7) == 7
+        assert any("RING_ALLREDUCE_TEST_BYTES" in e for e in settings.env_errors())
+        monkeypatch.setenv("RING_ALLREDUCE_TEST_BYTES", "12")
+        assert settings.env_int("RING_ALLREDUCE_TEST_BYTES", 7) == 12
+        assert not any("RING_ALLREDUCE_TEST_BYTES" in e for e in settings.env_errors())
+    finally:
+        settings._errors.pop("RING_ALLREDUCE_TEST_BYTES", None)

@@ -1,13 +1,13 @@
 """Compression kernels against the NumPy reference: Numba CPU here, Numba CUDA under the simulator (``cudasim``,
 a few blocks of 128 threads each), CuPy on a real GPU (``gpu``).
 
-One test body per kernel runs every set on the same input and compares with ``compress_numpy``.
+One test body per kernel runs every set on the same input and compares with ``codec_numpy``.
 """
 import numpy as np
 import pytest
 
 from ring_allreduce.compression import kernels as kernel_sets
-from ring_allreduce.kernels import compress_numpy as ref
+from ring_allreduce.compression import codec_numpy as ref
 
 CPU_SETS = ["numpy", "numba"]
 

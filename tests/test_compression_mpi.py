@@ -195,7 +195,7 @@ def test_sign_with_numba_cuda_kernels_across_ranks(comm):
     from numba import cuda
 
     from ring_allreduce.compression import kernels as kernel_sets
-    from ring_allreduce.kernels import compress_numpy as ref
+    from ring_allreduce.compression import codec_numpy as ref
 
     ks, n, p = kernel_sets.get("numba_cuda"), 100, comm.size  # 100 elements: one block per launch
     x = grad(comm.rank)[:n]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ring_allreduce import ArgumentError, MismatchError, allreduce
-from tests.mpi_util import all_ok
+from tests.mpi_util import all_ok, raised, same_error_everywhere
 
 pytestmark = pytest.mark.mpi
 
@@ -15,27 +15,11 @@ def comm():
     return MPI.COMM_WORLD
 
 
-def raised(comm, fn):
-    try:
-        fn()
-    except (MismatchError, ArgumentError) as e:
-        return e
-    return None
-
-
-def same_error_everywhere(comm, err, cls, *needles):
-    msgs = comm.allgather(None if err is None else (type(err).__name__, str(err)))
-    all_ok(comm, err is not None and isinstance(err, cls), f"expected {cls.__name__}, got {msgs[comm.rank]}")
-    assert len(set(msgs)) == 1, f"ranks raised different errors: {msgs}"
-    for needle in needles:
-        assert needle in msgs[0][1], msgs[0][1]
-
-
 def test_count_mismatch(comm):
     if comm.size < 2:
         pytest.skip("needs two ranks to disagree")
     n = 10 if comm.rank != 1 else 11
-    err = raised(comm, lambda: allreduce(np.ones(n, np.float32), comm, algorithm="ring"))
+    err = raised(lambda: allreduce(np.ones(n, np.float32), comm, algorithm="ring"))
     same_error_everywhere(comm, err, MismatchError, "count", "11 on rank(s) [1]")
     assert set(err.differences) == {"count"}
 
@@ -45,7 +29,7 @@ def test_dtype_op_and_algorithm_mismatch(comm):
         pytest.skip("needs two ranks to disagree")
     last = comm.rank == comm.size - 1
     dt = np.float64 if last else np.float32
-    err = raised(comm, lambda: allreduce(np.ones(4, dt), comm, op="max" if last else "sum",
+    err = raised(lambda: allreduce(np.ones(4, dt), comm, op="max" if last else "sum",
                                          algorithm="tree" if last else "ring"))
     same_error_everywhere(comm, err, MismatchError, "dtype", "op", "algorithm", f"rank(s) [{comm.size - 1}]")
 
@@ -53,12 +37,12 @@ def test_dtype_op_and_algorithm_mismatch(comm):
 def test_local_argument_error_on_one_rank_raises_everywhere(comm):
     x = np.ones(20, np.float32)
     bad = x[::2] if comm.rank == comm.size - 1 else x[:10]
-    err = raised(comm, lambda: allreduce(bad, comm))
+    err = raised(lambda: allreduce(bad, comm))
     same_error_everywhere(comm, err, ArgumentError, f"rank {comm.size - 1}", "C-contiguous")
 
 
 def test_unknown_algorithm_lists_valid_names_everywhere(comm):
-    err = raised(comm, lambda: allreduce(np.ones(3), comm, algorithm="rnig"))
+    err = raised(lambda: allreduce(np.ones(3), comm, algorithm="rnig"))
     same_error_everywhere(comm, err, ArgumentError, "valid names", "rabenseifner")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ring_allreduce import allreduce, shm
-from ring_allreduce.algorithms.shm_path import route
+from ring_allreduce.shm.dispatch import route
 from ring_allreduce.ops import OPS
 from tests.mpi_util import all_ok, rank_input
 from tests.test_shm_mpi import DTYPES, Checks, check
@@ -67,7 +67,7 @@ def test_layouts_large_and_resident(comm, monkeypatch, kind):
 
 def test_layout_argument_and_reuse(comm):
     """Direct calls with layout=: alternate layouts and many calls reuse the cached communicators and windows."""
-    from ring_allreduce.algorithms.hierarchical import hierarchical
+    from ring_allreduce.shm.dispatch import hierarchical
     from ring_allreduce.kernels import get
 
     p = comm.size
@@ -85,7 +85,7 @@ def test_layout_argument_and_reuse(comm):
 
 
 def test_auto_picks_hierarchical_for_several_nodes(comm, monkeypatch):
-    from ring_allreduce.algorithms.shm_path import HIERARCHICAL_MIN_BYTES
+    from ring_allreduce.shm.settings import HIERARCHICAL_MIN_BYTES
 
     p = comm.size
     x = np.ones(HIERARCHICAL_MIN_BYTES // 4, np.float32)

@@ -20,7 +20,7 @@ def _logits(n, k, dtype, seed=0):
 @pytest.mark.cudasim
 @pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1 (tests/run.py --tiers cudasim)")
 def test_numba_cuda_softmax_xent_matches_numpy_under_the_simulator():
-    from ring_allreduce.kernels import mlp_cuda
+    from ring_allreduce.train import mlp_cuda
 
     L, y = _logits(150, 5, np.float64)  # two blocks, the second one partly idle
     d_ref, d = np.empty_like(L), np.empty_like(L)
@@ -34,7 +34,7 @@ def test_numba_cuda_softmax_xent_matches_numpy_under_the_simulator():
 @pytest.mark.cudasim
 @pytest.mark.skipif(not SIM, reason="needs NUMBA_ENABLE_CUDASIM=1 (tests/run.py --tiers cudasim)")
 def test_numba_cuda_relu_backward_matches_numpy_under_the_simulator():
-    from ring_allreduce.kernels import mlp_cuda
+    from ring_allreduce.train import mlp_cuda
 
     rng = np.random.default_rng(1)
     h = np.maximum(rng.standard_normal((10, 20)), 0).astype(np.float32)  # 200 elements: two blocks

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ring_allreduce import allreduce, shm
-from ring_allreduce.algorithms.shm_path import route
+from ring_allreduce.shm.dispatch import route
 from ring_allreduce.errors import MismatchError
 from ring_allreduce.ops import OPS
 from tests.mpi_util import all_ok, assert_identical, rank_input
@@ -145,7 +145,7 @@ def test_copy_in_every_op_count(comm, dtype):
 
 def test_copy_in_many_small_rounds(comm, monkeypatch):
     """Rounds of 64 bytes: many rounds per call, both regions, round parity carried across calls."""
-    from ring_allreduce.algorithms import shm_path
+    from ring_allreduce.shm import settings as shm_path
 
     monkeypatch.setattr(shm_path, "ROUND_BYTES", 64)
     c = Checks(comm)
@@ -295,7 +295,7 @@ def test_interleaved_communicators_same_shape(comm):
 
 
 def test_auto_routing(comm):
-    from ring_allreduce.algorithms import shm_path
+    from ring_allreduce.shm import settings as shm_path
 
     big = shm_path.RESIDENT_MIN_BYTES // 4 + 1
     with shm.shared_empty(big, np.float32, comm) as a, shm.shared_empty(10, np.float32, comm) as small:

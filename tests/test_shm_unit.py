@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ring_allreduce.algorithms.shm_path import reduce_column
+from ring_allreduce.shm.column import reduce_column
 from ring_allreduce.errors import ArgumentError
 from ring_allreduce.kernels import get
 from ring_allreduce.shm import parse_layout

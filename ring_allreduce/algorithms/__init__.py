@@ -9,13 +9,12 @@ reach it. ``"auto"`` is not an entry: it is resolved by :mod:`.auto` to one of t
 from __future__ import annotations
 
 from .._registry import Registry
-from .hierarchical import hierarchical
 from .native import native
 from .rabenseifner import rabenseifner
 from .recursive_doubling import recursive_doubling
 from .ring import ring
-from .shm_path import shm
 from .tree import tree
+from ..shm.dispatch import hierarchical, shm
 
 registry = Registry("algorithm")
 registry.register("ring", ring)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from importlib import resources
 
 _table = None
@@ -35,7 +36,11 @@ def load_table(path=None) -> dict:
 
 def set_table(table_or_path=None) -> None:
     """Use this table (a dict or a path); None goes back to ``$RING_ALLREDUCE_AUTO_TABLE`` or the default."""
-    global _table
+    global _table, _digest
+    from .._registry import generation
+
+    generation[0] += 1
+    _digest = None
     if table_or_path is None or isinstance(table_or_path, (str, os.PathLike)):
         _table = None if table_or_path is None else load_table(table_or_path)
     else:
@@ -47,6 +52,31 @@ def table() -> dict:
     if _table is None:
         _table = load_table(os.environ.get("RING_ALLREDUCE_AUTO_TABLE") or None)
     return _table
+
+
+_digest = None
+
+
+def digest() -> int:
+    """A 32-bit digest of the table's rules (part of the signature ranks agree on); raises if it cannot load."""
+    global _digest
+    t = table()
+    if _digest is None or _digest[0] is not t:
+        _digest = (t, zlib.crc32(json.dumps(t.get("rules"), sort_keys=True).encode()) & 0xFFFFFFFF)
+    return _digest[1]
+
+
+#: float min/max never resolve to the native algorithm: its NaN and signed-zero results are the MPI library's
+#: (MPICH drops a NaN depending on operand order), the hand-written ones follow the kernels' semantics
+_FLOAT_MINMAX_SMALL, _FLOAT_MINMAX_LARGE, _FLOAT_MINMAX_SPLIT = "recursive_doubling", "ring", 1 << 20
+
+
+def resolve(nbytes: int, size: int, dtype, op: str) -> str:
+    """The algorithm ``auto`` runs for this size, rank count, dtype and op (the table's pick, see :data:`resolve`)."""
+    name = select(nbytes, size, dtype)
+    if name == "mpi" and (op == "min" or op == "max") and dtype.kind == "f":
+        name = _FLOAT_MINMAX_SMALL if nbytes <= _FLOAT_MINMAX_SPLIT else _FLOAT_MINMAX_LARGE
+    return name
 
 
 def select(nbytes: int, size: int, dtype) -> str:

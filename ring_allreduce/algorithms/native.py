@@ -10,3 +10,13 @@ def native(comm, src, dst, op, kernel, div=None):
     comm.Allreduce((_MPI[0] if _MPI else mpi()).IN_PLACE if src is dst else src, dst, mpi_op(op))
     if div is not None and div != 1:
         kernel.scale(dst, dst, div)
+
+
+def native_steps(comm, src, dst, op, kernel, div=None, tag=None, pool=None):
+    """The nonblocking form: ``MPI_Iallreduce`` progressed by the MPI library, then the division."""
+    yield [comm.Iallreduce((_MPI[0] if _MPI else mpi()).IN_PLACE if src is dst else src, dst, mpi_op(op))]
+    if div is not None and div != 1:
+        kernel.scale(dst, dst, div)
+
+
+native.steps = native_steps

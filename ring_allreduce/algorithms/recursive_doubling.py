@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 
 from .. import schedules
-from ._common import recv, scratch, send, sendrecv
+from ._common import _TAG, blocking, byte_buf, isendrecv, scratch
 
 
 @functools.lru_cache(maxsize=1024)
@@ -18,21 +18,22 @@ def _schedule(r: int, p: int):
     return schedules.fold(r, p), tuple(schedules.recursive_doubling(r, p))
 
 
-def recursive_doubling(comm, src, dst, op, kernel, div=None):
+def recursive_doubling_steps(comm, src, dst, op, kernel, div=None, tag=_TAG, pool=None):
+    """Recursive doubling as a step sequence (see :mod:`._common`)."""
     p, r = comm.Get_size(), comm.Get_rank()
     f, partners = _schedule(r, p)
     if f.newrank is None:  # even rank of a folded pair: hand over the data, wait for the result
-        send(comm, src, f.partner)
-        recv(comm, dst, f.partner)
+        yield [comm.Isend(byte_buf(src), f.partner, tag)]
+        yield [comm.Irecv(byte_buf(dst), f.partner, tag)]
         return
-    tmp = scratch(kernel, src.size, src.dtype)
+    tmp = scratch(kernel, src.size, src.dtype, 0, pool)
     cur = src
     if f.partner is not None:
-        recv(comm, tmp, f.partner)
+        yield [comm.Irecv(byte_buf(tmp), f.partner, tag)]
         kernel.reduce(tmp, cur, dst, op, None if partners else div)
         cur = dst
     for i, partner in enumerate(partners):
-        sendrecv(comm, cur, partner, tmp, partner)
+        yield isendrecv(comm, cur, partner, tmp, partner, tag)
         last = i == len(partners) - 1
         if partner < r:
             kernel.reduce(tmp, cur, dst, op, div if last else None)
@@ -40,4 +41,7 @@ def recursive_doubling(comm, src, dst, op, kernel, div=None):
             kernel.reduce(cur, tmp, dst, op, div if last else None)
         cur = dst
     if f.partner is not None:
-        send(comm, dst, f.partner)
+        yield [comm.Isend(byte_buf(dst), f.partner, tag)]
+
+
+recursive_doubling = blocking(recursive_doubling_steps)

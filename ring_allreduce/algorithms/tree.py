@@ -6,22 +6,27 @@ once and broadcasts it, so every rank ends with identical bytes.
 from __future__ import annotations
 
 from .. import schedules
-from ._common import recv, scratch, send
+from ._common import _TAG, blocking, byte_buf, scratch
 
 
-def tree(comm, src, dst, op, kernel, div=None):
+def tree_steps(comm, src, dst, op, kernel, div=None, tag=_TAG, pool=None):
+    """The tree as a step sequence (see :mod:`._common`)."""
     p, r = comm.Get_size(), comm.Get_rank()
     node = schedules.binomial_tree(r, p)
     cur = src
     if node.children:
-        tmp = scratch(kernel, src.size, src.dtype)
+        tmp = scratch(kernel, src.size, src.dtype, 0, pool)
         for i, child in enumerate(node.children):
-            recv(comm, tmp, child)
+            yield [comm.Irecv(byte_buf(tmp), child, tag)]
             last = node.parent is None and i == len(node.children) - 1
             kernel.reduce(cur, tmp, dst, op, div if last else None)
             cur = dst
     if node.parent is not None:
-        send(comm, cur, node.parent)
-        recv(comm, dst, node.parent)
-    for child in reversed(node.children):
-        send(comm, dst, child)
+        yield [comm.Isend(byte_buf(cur), node.parent, tag)]
+        yield [comm.Irecv(byte_buf(dst), node.parent, tag)]
+    reqs = [comm.Isend(byte_buf(dst), child, tag) for child in reversed(node.children)]
+    if reqs:
+        yield reqs
+
+
+tree = blocking(tree_steps)

@@ -16,7 +16,7 @@ from .report import _atomic_write
 
 #: names in bench rows that ``auto`` must never pick (not algorithms, or not part of the package)
 _NOT_CANDIDATES = {"auto", "check", "gloo"}
-#: node-aware algorithms: the shared-memory router picks them before the table is read (shm_path.route)
+#: node-aware algorithms: the shared-memory router picks them before the table is read (shm.dispatch.route)
 NODE_AWARE = ("shm", "hierarchical")
 
 

@@ -1,7 +1,7 @@
-"""The compression-kernel registry: name -> zero-argument factory of a kernel set (see ``kernels/compress_numpy``).
+"""The compression-kernel registry: name -> zero-argument factory of a kernel set (see ``compression/codec_numpy``).
 
 A kernel set provides ``sign_encode/sign_decode``, ``int8_encode/int8_decode``, ``qsgd_encode/qsgd_decode``,
-``topk_indices``, ``gather`` and ``scatter`` with the conventions of :mod:`ring_allreduce.kernels.compress_numpy`
+``topk_indices``, ``gather`` and ``scatter`` with the conventions of :mod:`ring_allreduce.compression.codec_numpy`
 (the reference). Sets are built on first use, so registering them imports no Numba, CuPy or CUDA.
 This registry is separate from the reduction-kernel registry in :mod:`ring_allreduce.kernels`.
 """
@@ -27,25 +27,25 @@ def names() -> list:
 
 
 def _numpy():
-    from ..kernels import compress_numpy
+    from . import codec_numpy
 
-    return compress_numpy
+    return codec_numpy
 
 
 def _numba():
-    from ..kernels import compress_numba
+    from . import codec_numba
 
-    return compress_numba
+    return codec_numba
 
 
 def _numba_cuda():
-    from ..kernels.compress_cuda import NumbaCudaKernels
+    from .codec_cuda import NumbaCudaKernels
 
     return NumbaCudaKernels()
 
 
 def _cupy():
-    from ..kernels.compress_cuda import CupyKernels
+    from .codec_cuda import CupyKernels
 
     return CupyKernels()
 

@@ -12,7 +12,6 @@ import numpy as np
 
 import time
 
-from .. import algorithms, kernels
 from .._registry import Registry
 from ..algorithms import auto
 from .allgather import ring_allgather
@@ -34,19 +33,20 @@ def _timed(scratch, fn, *args):
 
 
 def _sum(comm, payload, algorithm):
-    """Sum ``payload`` over ranks into a new array with a registered allreduce algorithm.
+    """Sum ``payload`` over ranks into a new array: the one-shot allreduce on the communicator's transport.
 
-    Calls the algorithm directly (as :func:`ring_allreduce.allreduce` does after its checks) so ``comm`` may be a
-    counting proxy; the compression state agreed every setting and size across ranks before the first payload.
+    ``comm`` may be a counting proxy (it counts what the algorithm sends); the check is off because the
+    compression state agreed every setting and size across ranks before the first payload.
     """
+    from ..api import allreduce
+
     p = comm.Get_size()
     out = np.empty_like(payload)
     if p == 1 or payload.size == 0:
         out[...] = payload
         return out
-    name = auto.select(payload.nbytes, p, payload.dtype) if algorithm == "auto" else algorithm
-    algorithms.get(name)(comm, payload, out, "sum", kernels.get("numpy"), None)
-    return out
+    name = auto.resolve(payload.nbytes, p, payload.dtype, "sum") if algorithm == "auto" else algorithm
+    return allreduce(payload, comm, op="sum", algorithm=name, out=out, check=False, kernel="numpy")
 
 
 @registry.register("allreduce")

@@ -2,56 +2,27 @@
 
 :func:`counting` wraps a communicator (an mpi4py one, or a proxy such as the trainer's ``CountingComm``): every
 attribute is forwarded, and ``Send``/``Isend``/``Sendrecv`` (what the hand-written algorithms and the ring
-allgather use) plus ``Allreduce`` add the send buffer's size to ``sent_bytes`` before calling through. The count is
-what was handed to MPI, not an estimate. :func:`ring_allreduce_bytes` is the analytical size for the ring.
+allgather use) plus the collectives add the send buffer's size to ``sent_bytes`` before calling through (it is the
+transport's :class:`~ring_allreduce.transport.Wire` with one total). The count is what was handed to MPI, not an
+estimate. :func:`ring_allreduce_bytes` is the analytical size for the ring.
 """
 from __future__ import annotations
 
 from .. import schedules
+from ..transport import Wire, _is_mpi_comm, of
 
 
-def _nbytes(spec) -> int:
-    buf = spec[0] if isinstance(spec, (list, tuple)) else spec
-    n = getattr(buf, "nbytes", None)
-    return int(n) if n is not None else memoryview(buf).nbytes
-
-
-class CountingComm:
-    """Forward to ``comm`` and count the bytes this rank sends (``sent_bytes``, ``messages``)."""
+class CountingComm(Wire):
+    """A counting :class:`~ring_allreduce.transport.Wire` over ``comm`` (an mpi4py communicator or a proxy of one,
+    such as the trainer's): ``sent_bytes`` is everything handed to MPI through it, point-to-point and collective."""
 
     def __init__(self, comm):
-        self.comm = comm
-        self.sent_bytes = 0
-        self.messages = 0
+        t = of(comm) if hasattr(comm, "Get_attr") else None  # stand-ins without MPI count on themselves
+        super().__init__(comm if (t is None or not _is_mpi_comm(comm)) else t.comm, t)
 
-    def __getattr__(self, name):
-        return getattr(self.comm, name)
-
-    def _count(self, spec, dest=0):
-        from mpi4py import MPI
-
-        if dest != MPI.PROC_NULL and spec is not None and spec is not MPI.IN_PLACE:
-            self.sent_bytes += _nbytes(spec)
-            self.messages += 1
-
-    def Send(self, buf, dest, tag=0):
-        self._count(buf, dest)
-        return self.comm.Send(buf, dest, tag)
-
-    def Isend(self, buf, dest, tag=0):
-        self._count(buf, dest)
-        return self.comm.Isend(buf, dest, tag)
-
-    def Sendrecv(self, sendbuf, dest, sendtag=0, recvbuf=None, source=-1, recvtag=-1, status=None):
-        self._count(sendbuf, dest)
-        return self.comm.Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
-
-    def Allreduce(self, sendbuf, recvbuf, op=None):
-        from mpi4py import MPI
-
-        # the library's own allreduce: count the buffer handed to it (its internal traffic is not visible)
-        self._count(recvbuf if sendbuf is MPI.IN_PLACE else sendbuf)
-        return self.comm.Allreduce(sendbuf, recvbuf, MPI.SUM if op is None else op)
+    @property
+    def sent_bytes(self) -> int:
+        return self.bytes_sent + self.collective_bytes
 
 
 def counting(comm) -> CountingComm:

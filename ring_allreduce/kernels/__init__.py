@@ -7,6 +7,9 @@ A kernel object provides:
   then, when ``div`` is given, divided by ``div`` in the same pass where the kernel can fuse it (floats: true
   division, float16 computed in float32 and rounded once; integers: floor division). ``out`` may alias ``a`` or
   ``b``. All three are 1-D, C-contiguous, same dtype and length;
+  min/max semantics, the same in every kernel, so that the result does not depend on size or algorithm: a NaN in
+  either operand gives NaN, and ``min(-0.0, +0.0) = -0.0``, ``max(-0.0, +0.0) = +0.0`` in either order (native
+  ``MPI_MIN``/``MPI_MAX`` leave both to the implementation: MPICH drops a NaN depending on operand order);
 - ``scale(x, out, div)``: ``out[:] = x / div`` (same rules);
 - ``copy(dst, src)``, ``empty(n, dtype)``, ``synchronize()``.
 
@@ -17,6 +20,9 @@ environment variable ``RING_ALLREDUCE_KERNEL`` (or an explicit ``kernel=`` argum
 Built in: ``numpy`` (reference, two passes for ``div``), and where the library is installed ``numba`` (fused,
 threaded by ranks per node: see ``numba_cpu``), ``auto`` (NumPy arrays' default with Numba: ``host_auto``),
 ``numba_cuda`` and ``cupy`` (device arrays; built only when first used, and failing then if there is no GPU).
+
+This package holds the reduction kernels only: the model kernels (``mlp_*``) live next to the trainer in
+:mod:`ring_allreduce.train`, the codec kernels (``codec_*``) next to compression in :mod:`ring_allreduce.compression`.
 """
 from __future__ import annotations
 

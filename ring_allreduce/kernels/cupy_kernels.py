@@ -6,7 +6,8 @@ variant; CuPy compiles each one per dtype on its first launch.
 
 Numerics match the NumPy reference: floats divide truly; float16 is combined and divided in float32 and rounded to
 float16 once on the store; integers are combined in their own width (wrapping as NumPy's do) and floor-divided.
-min/max propagate NaN like ``np.minimum``/``np.maximum`` (CUDA's ``fminf``/``fmaxf`` would drop it).
+min/max propagate NaN like ``np.minimum``/``np.maximum`` (CUDA's ``fminf``/``fmaxf`` would drop it), and
+min(-0.0, +0.0) = -0.0, max = +0.0 in either order (the package's semantics, see ``kernels/__init__``).
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import numpy as np
 _COMBINE = {
     "sum": "x + y",
     "prod": "x * y",
-    "min": "((x < y || x != x) ? x : y)",
-    "max": "((x > y || x != x) ? x : y)",
+    # of equal operands (+0.0/-0.0) min takes the negative and max the positive one (copysign on the double)
+    "min": "((x < y || x != x || (x == y && copysign(1.0, (double)x) < 0)) ? x : y)",
+    "max": "((x > y || x != x || (x == y && copysign(1.0, (double)x) > 0)) ? x : y)",
 }
 # C++ '/' truncates toward zero: step down when the remainder is non-zero and the signs differ (floor division)
 _FLOOR_DIV = "C q = v / d; if ((v % d != 0) && ((v < 0) != (d < 0))) { q -= 1; }"

@@ -30,7 +30,8 @@ class HostAutoKernel(HostKernel):
         self.numba_from_bytes = self.numba.parallel_min_bytes if self.numba.threads > 1 else None
 
     def reduce(self, a, b, out, op, div=None):
-        if (div is None or div == 1) and (self.numba_from_bytes is None or out.nbytes < self.numba_from_bytes):
+        if (div is None or div == 1) and (self.numba_from_bytes is None or out.nbytes < self.numba_from_bytes) \
+                and (op == "sum" or op == "prod"):  # min/max: Numba's one pass applies the signed-zero rule
             _UFUNCS[op](a, b, out=out)
         else:
             self.numba.reduce(a, b, out, op, div)

@@ -18,6 +18,7 @@ reference rounds ``a op b`` to float16 first, so the two may differ by one float
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -25,7 +26,7 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import overload
 
-from .numpy_kernels import _UFUNCS, HostKernel
+from .numpy_kernels import _UFUNCS, HostKernel, apply
 from .numpy_kernels import divide as _np_divide
 
 #: below this many bytes per operand the serial loop runs even when threads are allowed (benchmarks/kernels.py:
@@ -89,12 +90,14 @@ def default_threads(environ=None, cpus=None) -> int:
 
 @njit(inline="always")
 def _min(x, y):
-    return x if (x < y or x != x) else y  # NaN propagates, as np.minimum does
+    # NaN propagates, as np.minimum does; of two equal values (+0.0 and -0.0) the negative one: min(-0.0, 0.0) is
+    # -0.0 whatever the operand order (the package's min/max semantics, see kernels/__init__.py)
+    return x if (x < y or x != x or (x == y and math.copysign(1.0, x) < 0)) else y
 
 
 @njit(inline="always")
 def _max(x, y):
-    return x if (x > y or x != x) else y
+    return x if (x > y or x != x or (x == y and math.copysign(1.0, x) > 0)) else y
 
 
 @njit(inline="always")
@@ -247,7 +250,7 @@ def _reduce_f16(a, b, out, op, div):
     """float16 via NumPy: ``a op b`` in float32, divided in float32, rounded to float16 once."""
     ufunc = _UFUNCS[op]
     if div is None or div == 1:
-        ufunc(a, b, out=out)  # NumPy computes float16 ops in float32 and rounds once
+        apply(op, a, b, out)  # NumPy computes float16 ops in float32 and rounds once
         return
     d = np.float32(div)
     tmp = np.empty(min(out.size, _F16_BLOCK), dtype=np.float32)

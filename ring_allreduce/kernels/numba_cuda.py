@@ -11,6 +11,8 @@ NumPy's ``a op b`` does) and then floor-divided.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import cuda
 
@@ -36,8 +38,8 @@ def _combine(x, y, op):
     if op == 1:
         return x * y
     if op == 2:
-        return x if (x < y or x != x) else y  # NaN propagates, as np.minimum does
-    return x if (x > y or x != x) else y
+        return x if (x < y or x != x or (x == y and math.copysign(1.0, x) < 0)) else y  # see kernels/__init__
+    return x if (x > y or x != x or (x == y and math.copysign(1.0, x) > 0)) else y
 
 
 @cuda.jit

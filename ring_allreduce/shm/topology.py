@@ -200,19 +200,24 @@ class CommState:
         self.groups = {}
 
 
-def _delete(comm, keyval, st) -> None:
-    try:
-        st.free()
-    except Exception:  # never raise out of MPI_Comm_free
-        pass
+def make_keyval(free) -> int:
+    """An MPI attribute key whose delete callback calls ``free(value)`` when the communicator is freed
+    (errors swallowed: nothing may raise out of ``MPI_Comm_free``)."""
+    from mpi4py import MPI
+
+    def delete(comm, keyval, value) -> None:
+        try:
+            free(value)
+        except Exception:  # noqa: BLE001
+            pass
+
+    return MPI.Comm.Create_keyval(delete_fn=delete)
 
 
 def _key() -> int:
     global _keyval
     if _keyval is None:
-        from mpi4py import MPI
-
-        _keyval = MPI.Comm.Create_keyval(delete_fn=_delete)
+        _keyval = make_keyval(lambda st: st.free())
     return _keyval
 
 

@@ -2,7 +2,7 @@
 ``cupy-numba`` (GPU).
 
 Each entry is a zero-argument factory, so nothing compiles or touches a GPU until a kernel is asked for.
-The interface is documented in :mod:`ring_allreduce.kernels.mlp_numpy`.
+The interface is documented in :mod:`ring_allreduce.train.mlp_numpy`.
 """
 from __future__ import annotations
 
@@ -15,28 +15,28 @@ registry = Registry("model kernel")
 
 @lazy
 def _numpy():
-    from ..kernels.mlp_numpy import NumpyModelKernel
+    from .mlp_numpy import NumpyModelKernel
 
     return NumpyModelKernel()
 
 
 @lazy
 def _numba():
-    from ..kernels.mlp_numba import NumbaModelKernel
+    from .mlp_numba import NumbaModelKernel
 
     return NumbaModelKernel()
 
 
 @lazy
 def _cupy():
-    from ..kernels.mlp_cuda import CupyModelKernel
+    from .mlp_cuda import CupyModelKernel
 
     return CupyModelKernel()
 
 
 @lazy
 def _cupy_numba():
-    from ..kernels.mlp_cuda import NumbaCudaModelKernel
+    from .mlp_cuda import NumbaCudaModelKernel
 
     return NumbaCudaModelKernel()
 

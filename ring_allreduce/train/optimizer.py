@@ -186,6 +186,6 @@ def _fused_update(update: str, params):
         return None
     if update == "auto" and importlib.util.find_spec("numba") is None:
         return None
-    from ..kernels.mlp_numba import sgd_momentum_update
+    from .mlp_numba import sgd_momentum_update
 
     return sgd_momentum_update

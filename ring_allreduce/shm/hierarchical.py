@@ -29,20 +29,20 @@ from __future__ import annotations
 import numpy as np
 
 from .. import schedules
-from .shm_path import _fence, reduce_column, shm
+from .column import fence, reduce_column
 
 _FLAT_OK = ("ring", "tree", "recursive_doubling", "rabenseifner", "mpi")
 
 
-def _cross_algorithm(nbytes: int, m: int, dtype):
-    from . import auto, get
+def _cross_algorithm(nbytes: int, m: int, dtype, op):
+    from ..algorithms import auto, get
 
-    name = auto.select(nbytes, m, dtype)
+    name = auto.resolve(nbytes, m, dtype, op)
     return get(name if name in _FLAT_OK else "ring")
 
 
 def _scratch(h, parity: int, nbytes: int):
-    from ..shm.window import SharedWindow
+    from .window import SharedWindow
 
     w = h.scratch[parity]
     if w is None or w.nbytes < nbytes:
@@ -54,20 +54,11 @@ def _scratch(h, parity: int, nbytes: int):
     return w
 
 
-def hierarchical(comm, src, dst, op, kernel, div=None, layout=None):
-    """Reduce inside each node through shared memory, across nodes by slice, then copy out (see module doc)."""
-    from ..shm import topology
-    from ..shm.window import lookup
+def across_nodes(h, src, dst, op, kernel, div=None):
+    """Reduce inside each node through shared memory, across nodes by slice, then copy out (see module doc);
+    ``h`` is the layout's :class:`~ring_allreduce.shm.topology.Hier` with more than one node."""
+    from .window import lookup
 
-    if kernel.backend != "numpy":  # device buffers (CUDA-aware MPI): no host shared memory to use
-        from .ring import ring
-
-        return ring(comm, src, dst, op, kernel, div)
-    p = comm.Get_size()
-    layout = topology.parse_layout(layout, p) if layout is not None else topology.env_layout(p)
-    h = topology.state(comm).hierarchy(layout)
-    if h.n_nodes == 1:
-        return shm(h.node, src, dst, op, kernel, div)
     n, node = src.size, h.node
     s, l, K = node.Get_size(), node.Get_rank(), h.slices
     sb = schedules.chunk_bounds(n, K)
@@ -102,7 +93,7 @@ def hierarchical(comm, src, dst, op, kernel, div=None, layout=None):
         buf = own[c0:c1]
         reduce_column(ins, buf, [], op, kernel, None)
         _cross(h, buf, op, kernel, div)
-    _fence((work,))
+    fence((work,))
     node.Barrier()  # B: every slice is final in its owner's segment; peers are done reading my input
     work.sync()
     for k in range(K):
@@ -114,7 +105,7 @@ def _usable(node, hit):
     """``(window, offset)`` if ``hit`` is in a window every rank of ``node`` has mapped, else None."""
     if hit is None:
         return None
-    from ..shm import topology
+    from . import topology
 
     return hit if topology.state(node).window_ranks(hit[0]) is not None else None
 
@@ -123,8 +114,8 @@ def _input(node, info, q, work, c0, c1, dt):
     """Local rank ``q``'s input elements ``[c0, c1)``: in its resident window, or in its scratch segment."""
     if info[0] == 0:
         return work.view(q, c0 * dt.itemsize, c1 - c0, dt)
-    from ..shm import topology
-    from ..shm.window import by_uid
+    from . import topology
+    from .window import by_uid
 
     w = by_uid(int(info[0]))  # q checked that every node rank maps this window
     return w.view(topology.state(node).window_ranks(w)[q], int(info[1]) + c0 * dt.itemsize, c1 - c0, dt)
@@ -134,5 +125,5 @@ def _cross(h, buf, op, kernel, div) -> None:
     """Allreduce ``buf`` (this rank's slice) in place among the ranks of equal local rank on every node."""
     if h.cross is None or buf.size == 0:
         return
-    fn = _cross_algorithm(buf.nbytes, h.cross.Get_size(), buf.dtype)
+    fn = _cross_algorithm(buf.nbytes, h.cross.Get_size(), buf.dtype, op)
     fn(h.cross, buf, buf, op, kernel, div)

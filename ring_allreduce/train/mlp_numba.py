@@ -1,6 +1,6 @@
 """Numba CPU kernels for the fused parts of the models (one pass where NumPy needs several).
 
-Same interface as :class:`ring_allreduce.kernels.mlp_numpy.NumpyModelKernel`; matrix products stay on NumPy (BLAS).
+Same interface as :class:`ring_allreduce.train.mlp_numpy.NumpyModelKernel`; matrix products stay on NumPy (BLAS).
 Compiled on first call (no eager signatures), cached on disk.
 """
 from __future__ import annotations

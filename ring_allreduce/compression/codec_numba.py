@@ -1,6 +1,6 @@
 """Numba CPU compression kernels: single-pass fused loops where NumPy needs temporaries and several passes.
 
-Same conventions and results as :mod:`.compress_numpy` (the reference). Functions compile on first call
+Same conventions and results as :mod:`.codec_numpy` (the reference). Functions compile on first call
 (``cache=True``, no eager signatures), so importing this module compiles nothing. Only the kernels that beat NumPy
 are Numba here (sign and int8 decoding with accumulation, QSGD quantization, scatter-add: 1.3-5x); the others are
 NumPy's, which were as fast or faster (see the end of this module).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import compress_numpy as _ref
+from . import codec_numpy as _ref
 
 name = "numba"
 backend = "numpy"

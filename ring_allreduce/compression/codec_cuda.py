@@ -1,6 +1,6 @@
 """GPU compression kernels: Numba CUDA kernels (tested on CPU under ``NUMBA_ENABLE_CUDASIM=1``) and CuPy versions.
 
-Same conventions as :mod:`.compress_numpy`. Each set validates, allocates, then launches; nothing compiles or
+Same conventions as :mod:`.codec_numpy`. Each set validates, allocates, then launches; nothing compiles or
 touches a GPU until a kernel is first used. Scales and norms come back to the host as float32 (one 4-byte copy):
 they go into the payload header, which is host memory anyway. Reductions (``sum |x|``, ``max |x|``, ``sum x^2``)
 use atomics, so the float32 scale may differ from NumPy's in the last bits; the codes themselves are computed from

@@ -1,6 +1,6 @@
 """GPU model kernels: the fused activation and softmax-loss parts on CuPy arrays, so a GPU step stays on the device.
 
-Two flavours of the same interface as :class:`ring_allreduce.kernels.mlp_numpy.NumpyModelKernel` (``xp`` is
+Two flavours of the same interface as :class:`ring_allreduce.train.mlp_numpy.NumpyModelKernel` (``xp`` is
 CuPy, so the matrix products run in cuBLAS):
 
 - :class:`CupyModelKernel` (registered as ``cupy``): a CuPy ``ElementwiseKernel`` for the ReLU backward and the

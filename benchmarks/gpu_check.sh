@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU check for the day a GPU is lent: install the carried wheels, run the gpu and cudasim test tiers with
+# RING_ALLREDUCE_REQUIRE_GPU=1 (a missing GPU fails instead of skipping), then the GPU benchmarks; JSON and PNG
+# go to $OUT. Budget: under 8 minutes (each step has its own timeout; the total is checked at the end).
+#
+# Needs: an NVIDIA GPU, python3, and the wheels this package needs in .whl/ (ring_allreduce, numpy, mpi4py, an MPI
+# wheel such as mpich, numba, cupy-cuda12x, pytest, pytest-timeout, pytest-mpi; torch and matplotlib optional).
+# No MPI library needs to be installed: the mpich wheel brings mpiexec.
+#
+# Usage: OUT=/some/dir benchmarks/gpu_check.sh [--dry-run] [--quick]
+#   --dry-run  print every command instead of running it (no install, no GPU); what CI checks
+#   --quick    benchmark sizes up to 64 MiB
+set -euo pipefail
+
+DRY=0
+QUICK=()
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=1 ;;
+    --quick) QUICK=(--quick) ;;
+    *) echo "gpu_check.sh: unknown argument $arg (use --dry-run, --quick)" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu_check_out}"
+SITE="${GPU_CHECK_SITE:-/tmp/site}"
+START=$(date +%s)
+BUDGET=480
+STATUS=0
+
+run() {  # run <seconds> <label> <command...>: time-limited, logged, failure recorded but not fatal
+  local limit="$1" label="$2"
+  shift 2
+  if [ "$DRY" = 1 ]; then
+    echo "[dry-run] ($label, ${limit}s) $*"
+    return 0
+  fi
+  echo "=== $label"
+  local t0 rc
+  t0=$(date +%s)
+  set +e
+  timeout --kill-after=10 "$limit" "$@" > >(tee "$OUT/$label.log") 2>&1
+  rc=$?
+  set -e
+  echo "=== $label: exit $rc in $(( $(date +%s) - t0 )) s"
+  if [ "$rc" != 0 ]; then STATUS=1; fi
+  echo "{\"step\": \"$label\", \"exit\": $rc, \"seconds\": $(( $(date +%s) - t0 ))}" >> "$OUT/steps.jsonl"
+}
+
+if [ "$DRY" = 0 ]; then
+  mkdir -p "$OUT"
+  : > "$OUT/steps.jsonl"
+  command -v nvidia-smi >/dev/null && nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+  shopt -s nullglob
+  wheels=(.whl/*.whl)
+  if [ ${#wheels[@]} = 0 ]; then
+    echo "gpu_check.sh: no wheels in .whl/" >&2
+    exit 2
+  fi
+fi
+run 60 install python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export PATH="$SITE/bin:$PATH"
+export RING_ALLREDUCE_REQUIRE_GPU=1
+
+run 150 tests-gpu python3 tests/run.py --tiers gpu
+run 150 tests-cudasim python3 tests/run.py --tiers cudasim
+run 50 bench-kernels-staging-mlp-codec python3 benchmarks/gpu_bench.py --sections kernels,staging,mlp,codec \
+  --out "$OUT" --repeats 7 "${QUICK[@]}"
+run 50 bench-allreduce mpiexec -n 2 python3 benchmarks/gpu_bench.py --sections allreduce --out "$OUT" --repeats 5 \
+  "${QUICK[@]}"
+
+if [ "$DRY" = 0 ]; then
+  took=$(( $(date +%s) - START ))
+  echo "gpu_check.sh: ${took} s (budget ${BUDGET} s), status $STATUS; results in $OUT"
+  if [ "$took" -gt "$BUDGET" ]; then echo "gpu_check.sh: over budget" >&2; STATUS=1; fi
+fi
+exit "$STATUS"
