@@ -272,3 +272,22 @@ def test_broadcasts():
     if comm.Get_size() > 1:
         with pytest.raises(MismatchError):
             rat.broadcast_parameters(other.state_dict(), root=0)
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_reduce_on_the_device():
+    """CUDA tensors through DLPack (CuPy) or __cuda_array_interface__ (Numba): same bytes as the CPU path."""
+    from tests.gpu_util import gpu_unavailable_reason
+
+    if not torch.cuda.is_available() or gpu_unavailable_reason():
+        pytest.skip(gpu_unavailable_reason() or "torch sees no CUDA GPU (a CPU build of torch)")
+    comm = _world()
+    r = comm.Get_rank()
+    cpu = torch.arange(1000, dtype=torch.float64) * (r + 1)
+    dev = cpu.cuda() * 1  # written by a torch kernel on torch's stream just before the call
+    got = rat.allreduce(dev, comm, op="sum", algorithm="ring")
+    want = rat.allreduce(cpu, comm, op="sum", algorithm="ring")
+    all_ok(comm, got.is_cuda and torch.equal(got.cpu(), want), "CUDA tensor allreduce == CPU")
+    with rat.allreduce_init(dev, comm, op="sum", out=dev) as plan:
+        plan()
+    all_ok(comm, torch.equal(dev.cpu(), want), "CUDA plan in place")
