@@ -166,10 +166,10 @@ def test_backward_passes_per_step():
     for s in range(3):
         x, y = data("mlp", s)
         xl, yl = local(x, comm), local(y, comm)
-        h = len(yl) // 2  # two half batches, each loss scaled by 1/2: the mean over the local batch
+        h = len(yl) // 2  # two parts of the local batch whose losses add up to its mean
         opt.zero_grad()
         for part in (slice(0, h), slice(h, None)):
-            (0.5 * torch.nn.functional.cross_entropy(model(xl[part]), yl[part])).backward()
+            (torch.nn.functional.cross_entropy(model(xl[part]), yl[part], reduction="sum") / len(yl)).backward()
         opt.step()
     got = flat_params(model)
     assert_identical(comm, got, "parameters")
