@@ -291,3 +291,37 @@ def test_cuda_tensors_reduce_on_the_device():
     with rat.allreduce_init(dev, comm, op="sum", out=dev) as plan:
         plan()
     all_ok(comm, torch.equal(dev.cpu(), want), "CUDA plan in place")
+
+
+def test_synchronize_clip_then_step_and_lr_scheduler():
+    """Horovod's clipping pattern: synchronize(), clip the reduced gradients, step inside skip_synchronize()."""
+    comm = _world()
+    model = mlp()
+    opt = rat.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model.named_parameters(), comm=comm,
+                                   bucket_mb=0.0005)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    ref = mlp()
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    ref_sched = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=1, gamma=0.5)
+    for s in range(2):
+        x, y = data("mlp", s)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(local(x, comm)), local(y, comm)).backward()
+        opt.synchronize()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+        with opt.skip_synchronize():
+            opt.step()
+        sched.step()
+        ref_opt.zero_grad()
+        torch.nn.functional.cross_entropy(ref(x), y).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)
+        ref_opt.step()
+        ref_sched.step()
+    got = flat_params(model)
+    assert_identical(comm, got, "parameters")
+    all_ok(comm, np.allclose(got, flat_params(ref), rtol=1e-10, atol=1e-12), "clipped run == one process")
+    all_ok(comm, opt.param_groups[0]["lr"] == 0.025, f"scheduler drove the wrapped lr: {opt.param_groups[0]['lr']}")
+    with pytest.raises(RuntimeError, match="synchronize"):
+        with opt.skip_synchronize():
+            opt.step()
+    opt.free()
