@@ -155,6 +155,12 @@ def test_mismatched_settings_raise_everywhere():
     with pytest.raises(MismatchError, match="algorithm"):
         rat.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), comm=comm,
                                  algorithm="ring" if comm.Get_rank() == 0 else "tree")
+    with pytest.raises(MismatchError, match="backward_passes_per_step"):
+        rat.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), comm=comm,
+                                 backward_passes_per_step=1 + comm.Get_rank())
+    with pytest.raises(ArgumentError, match=r"rank\(s\) \[0\].*backup workers"):  # one rank's bad argument
+        rat.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), comm=comm,
+                                 backup_workers=int(comm.Get_rank() == 0))
 
 
 def test_backward_passes_per_step():

@@ -48,6 +48,9 @@ class GradientBuckets:
             :class:`~ring_allreduce.compression.CompressionState` (``ratio``, ``error_feedback``, ...).
         alloc: ``alloc(n, dtype) -> 1-D array`` for the bucket storage (default :func:`numpy.empty`; ``cupy.empty``
             for CuPy gradients).
+        settings, problems: a wrapper's own settings that must agree (a dict of plain values) and its own invalid
+            arguments (strings), checked in the same collective, so one rank's bad argument cannot leave the
+            others waiting.
 
     Every setting and the layout are agreed at construction: a difference or a rank's invalid argument raises the
     same error on every rank. ``spans`` holds, after ``wait()``, ``(bucket, t_start, t_done, started_early)``
@@ -56,13 +59,14 @@ class GradientBuckets:
 
     def __init__(self, specs: Sequence, comm=None, *, op: str = "avg", algorithm: str = "auto",
                  bucket_mb: float = DEFAULT_BUCKET_MB, compression: Optional[str] = None,
-                 compression_options: Optional[dict] = None, alloc: Optional[Callable] = None, kernel=None):
+                 compression_options: Optional[dict] = None, alloc: Optional[Callable] = None, kernel=None,
+                 settings: Optional[dict] = None, problems=None):
         if comm is None:
             from mpi4py import MPI
 
             comm = MPI.COMM_WORLD
         self.comm = comm
-        problems = []
+        problems = list(problems or [])
         try:
             op = normalize_op(op)
         except (ValueError, TypeError) as e:
@@ -79,7 +83,7 @@ class GradientBuckets:
                 problems.append(f"compression needs floating-point gradients, got {', '.join(bad)}")
         settings = {"op": str(op), "algorithm": algorithm, "bucket_mb": float(bucket_mb), "compression": compression,
                     "compression_options": repr(sorted((compression_options or {}).items())),
-                    "kernel": repr(kernel)}
+                    "kernel": repr(kernel), **(settings or {})}
         state = None
         if compression is not None and not problems:
             from ..compression import CompressionState
@@ -127,7 +131,12 @@ class GradientBuckets:
         self._ready[i] = True
         bk.remaining -= 1
         self._launch_ready(early=True)
-        for b in self.buckets[:self._next]:  # progress what is in flight (a few Testall calls)
+        self.progress()
+
+    def progress(self) -> None:
+        """Advance the started buckets' messages without blocking (a few ``Testall`` calls); ``grad_ready`` calls
+        it, a caller with long computations between reports may call it more often."""
+        for b in self.buckets[:self._next]:
             if b.plan is not None and b.t1 is None and b.plan.test():
                 b.t1 = time.perf_counter()
 

@@ -48,26 +48,31 @@ class DistributedOptimizer(torch.optim.Optimizer):
                  backward_passes_per_step: int = 1, backup_workers: int = 0):
         # no super().__init__: param_groups, state and defaults are the wrapped optimizer's own objects
         self.optimizer = optimizer
+        problems = []  # reported through the core's agreement, so every rank raises the same error
         if backup_workers:
-            raise ArgumentError("DistributedOptimizer does not support backup workers (they need the trainer's "
-                                "step coordinator: use `ring-allreduce train --backup-workers`)")
-        self.backward_passes_per_step = check_backward_passes(backward_passes_per_step)
+            problems.append("DistributedOptimizer does not support backup workers (they need the trainer's step "
+                            "coordinator: use `ring-allreduce train --backup-workers`)")
+        try:
+            self.backward_passes_per_step = check_backward_passes(backward_passes_per_step)
+        except ArgumentError as e:
+            problems.append(str(e))
+            self.backward_passes_per_step = 1
         params = [p for g in optimizer.param_groups for p in g["params"]]
+        names = [f"group{g}.{k}" for g, grp in enumerate(optimizer.param_groups) for k in range(len(grp["params"]))]
         if named_parameters is not None:
-            named = list(named_parameters)
-            by_id = {id(p): n for n, p in named}
+            by_id = {id(p): n for n, p in named_parameters}
             missing = [i for i, p in enumerate(params) if id(p) not in by_id]
             if missing:
-                raise ArgumentError(f"named_parameters does not cover {len(missing)} of the optimizer's "
-                                    f"parameters (first: #{missing[0]})")
-            names = [by_id[id(p)] for p in params]
-        else:
-            names = [f"group{g}.{k}" for g, grp in enumerate(optimizer.param_groups) for k in range(len(grp["params"]))]
+                problems.append(f"named_parameters does not cover {len(missing)} of the optimizer's parameters "
+                                f"(first: {names[missing[0]]})")
+            names = [by_id.get(id(p), n) for p, n in zip(params, names)]
         order = [i for i in reversed(range(len(params))) if params[i].requires_grad]  # backward's usual order
         self._params = [params[i] for i in order]
         specs = [(names[i], tuple(params[i].shape), _np_dtype(params[i])) for i in order]
         self.core = GradientBuckets(specs, comm, op=op, algorithm=algorithm, bucket_mb=bucket_mb,
-                                    compression=compression, compression_options=compression_options)
+                                    compression=compression, compression_options=compression_options,
+                                    settings={"backward_passes_per_step": backward_passes_per_step,
+                                              "backup_workers": backup_workers}, problems=problems)
         self._passes = [0] * len(self._params)
         self._synchronized = False
         self._skip_sync = False
@@ -94,6 +99,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
                 if g.device.type != "cpu":
                     g = g.detach().to("cpu")
                 self.core.grad_ready(i, g.detach().numpy() if g.is_contiguous() else g.detach().contiguous().numpy())
+            else:
+                self.core.progress()
         return hook
 
     def synchronize(self) -> None:
