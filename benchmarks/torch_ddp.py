@@ -63,13 +63,21 @@ def worker(args) -> None:
         model = build(widths, args.seed)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         if mode == "ring_allreduce":
+            psgd = {"compression": "powersgd",  # as DDP below: plain for 2 steps, then PowerSGD
+                    "compression_options": {"powersgd_rank": args.powersgd_rank, "compress_after_steps": 2}}
             opt = rat.DistributedOptimizer(opt, model.named_parameters(), comm=comm, bucket_mb=args.bucket_mb,
-                                           algorithm=args.algorithm)
+                                           algorithm=args.algorithm, **(psgd if args.powersgd_rank else {}))
             fwd = model
         else:
             gloo._init(comm)
             fwd = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=args.ddp_bucket_mb)
-            fwd.__dict__["_opt"] = opt
+            if args.powersgd_rank:  # DDP's own PowerSGD hook, the same rank, compressing from the first step
+                from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
+
+                fwd.register_comm_hook(ps.PowerSGDState(process_group=None,
+                                                        matrix_approximation_rank=args.powersgd_rank,
+                                                        start_powerSGD_iter=2, use_error_feedback=True,
+                                                        warm_start=True), ps.powerSGD_hook)
 
         def step(fwd=fwd, opt=opt):
             opt.zero_grad()
@@ -145,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bucket-mb", type=float, default=1.0, help="ring_allreduce bucket size")
     ap.add_argument("--ddp-bucket-mb", type=float, default=25.0, help="DDP bucket_cap_mb (its default)")
     ap.add_argument("--algorithm", default="auto")
+    ap.add_argument("--powersgd-rank", type=int, default=0,
+                    help="compress both with PowerSGD of this rank (ours: compression='powersgd'; DDP: its hook)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="2 rounds of 3 steps: a smoke run")

@@ -68,7 +68,14 @@ class DistributedOptimizer(torch.optim.Optimizer):
             names = [by_id.get(id(p), n) for p, n in zip(params, names)]
         order = [i for i in reversed(range(len(params))) if params[i].requires_grad]  # backward's usual order
         self._params = [params[i] for i in order]
-        specs = [(names[i], tuple(params[i].shape), _np_dtype(params[i])) for i in order]
+        specs = []
+        for i in order:
+            try:
+                dt = _np_dtype(params[i])
+            except TypeError:  # bfloat16, complex32, ...: no NumPy twin
+                problems.append(f"parameter {names[i]} has dtype {params[i].dtype}, which has no NumPy dtype")
+                dt = "V2"
+            specs.append((names[i], tuple(params[i].shape), dt))
         self.core = GradientBuckets(specs, comm, op=op, algorithm=algorithm, bucket_mb=bucket_mb,
                                     compression=compression, compression_options=compression_options,
                                     settings={"backward_passes_per_step": backward_passes_per_step,
