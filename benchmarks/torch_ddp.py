@@ -71,7 +71,7 @@ def worker(args) -> None:
         else:
             gloo._init(comm)
             fwd = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=args.ddp_bucket_mb)
-            if args.powersgd_rank:  # DDP's own PowerSGD hook, the same rank, compressing from the first step
+            if args.powersgd_rank:  # DDP's own PowerSGD hook, the same rank, compressing from step 2 (its minimum)
                 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
 
                 fwd.register_comm_hook(ps.PowerSGDState(process_group=None,
