@@ -331,3 +331,33 @@ def test_synchronize_clip_then_step_and_lr_scheduler():
         with opt.skip_synchronize():
             opt.step()
     opt.free()
+
+
+def test_resume_with_compression_restores_error_feedback(tmp_path_factory):
+    comm = _world()
+    kw = dict(compression="topk", compression_options={"ratio": 0.1}, bucket_mb=0.0005, algorithm="ring")
+    straight, _ = distributed("mlp", 6, comm, **kw)
+    model, opt = distributed("mlp", 3, comm, **kw)
+    d = comm.bcast(str(tmp_path_factory.mktemp("ck")) if comm.Get_rank() == 0 else None, root=0)
+    comp = opt.compression_state_dict()  # collective
+    if comm.Get_rank() == 0:
+        np.savez(f"{d}/comp.npz", **comp)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, f"{d}/ck.pt")
+    comm.Barrier()
+    opt.free()
+    ck = torch.load(f"{d}/ck.pt", weights_only=True)
+    with np.load(f"{d}/comp.npz", allow_pickle=False) as z:
+        comp = {k: z[k] for k in z.files}
+    model2 = mlp()
+    model2.load_state_dict(ck["model"])
+    opt2 = rat.DistributedOptimizer(torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9),
+                                    model2.named_parameters(), comm=comm, **kw)
+    opt2.load_state_dict(ck["opt"])
+    opt2.load_compression_state_dict(comp)
+    for s in range(3, 6):
+        x, y = data("mlp", s)
+        opt2.zero_grad()
+        torch.nn.functional.cross_entropy(model2(local(x, comm)), local(y, comm)).backward()
+        opt2.step()
+    all_ok(comm, np.array_equal(flat_params(model2), flat_params(straight)), "resumed == straight with top-k, bitwise")
+    opt2.free()

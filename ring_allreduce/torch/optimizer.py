@@ -150,10 +150,22 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self):
+        """The wrapped optimizer's state dict (the same on every rank; save it from rank 0)."""
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state_dict) -> None:
         self.optimizer.load_state_dict(state_dict)
+
+    def compression_state_dict(self) -> dict:
+        """Collective: every rank's compression state (error-feedback memory, generators, PowerSGD's Q) as one
+        ``{str: ndarray}`` for rank 0 to save (``np.savez``; loads without pickle); ``{}`` without compression."""
+        state = self.core.compression
+        return {} if state is None else state.gather_state_dict()
+
+    def load_compression_state_dict(self, d: dict) -> None:
+        """Restore :meth:`compression_state_dict` (each rank takes its own part when p is unchanged)."""
+        if self.core.compression is not None and d:
+            self.core.compression.load_state_dict(d)
 
     def add_param_group(self, param_group) -> None:
         raise ArgumentError("DistributedOptimizer: add parameter groups to the wrapped optimizer before wrapping it "
