@@ -46,8 +46,11 @@ def broadcast_parameters(params, root: int = 0, comm=None) -> None:
         if not isinstance(t, torch.Tensor):
             problems.append(f"{name!r} is a {type(t).__name__}, not a tensor")
             continue
-        specs.append((name, tuple(t.shape), np.dtype(str(t.dtype).replace("torch.", "").replace("bfloat16",
-                                                                                               "uint16"))))
+        try:  # the dtype's NumPy twin names it in the agreement (bfloat16 and friends: by item size)
+            dt = torch.empty((), dtype=t.dtype).numpy().dtype
+        except TypeError:
+            dt = np.dtype(f"V{t.element_size()}")
+        specs.append((name, tuple(t.shape), dt))
     agree(comm, Layout(specs, 0), {"call": "broadcast_parameters", "root": root}, problems)
     for _, t in items:
         _bcast_tensor(comm, t, root)
