@@ -68,12 +68,17 @@ def distributed(kind, steps, comm, lr=0.1, **kw):
     model = mlp() if kind == "mlp" else cnn()
     opt = rat.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
                                    model.named_parameters(), comm=comm, **kw)
-    for s in range(steps):
+    run_steps(model, opt, comm, range(steps), kind)
+    return model, opt
+
+
+def run_steps(model, opt, comm, steps, kind="mlp"):
+    """Train on this rank's share of the global batches of ``steps``."""
+    for s in steps:
         x, y = data(kind, s)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(local(x, comm)), local(y, comm)).backward()
         opt.step()
-    return model, opt
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
@@ -122,11 +127,7 @@ def test_checkpoint_resume_is_bitwise(tmp_path):
     opt2 = rat.DistributedOptimizer(torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9),
                                     model2.named_parameters(), comm=comm, bucket_mb=0.0005)
     opt2.load_state_dict(ck["opt"])
-    for s in range(3, 6):
-        x, y = data("mlp", s)
-        opt2.zero_grad()
-        torch.nn.functional.cross_entropy(model2(local(x, comm)), local(y, comm)).backward()
-        opt2.step()
+    run_steps(model2, opt2, comm, range(3, 6))
     all_ok(comm, np.array_equal(flat_params(model2), flat_params(straight)), "resumed == straight, bitwise")
     opt2.free()
 
@@ -354,10 +355,6 @@ def test_resume_with_compression_restores_error_feedback(tmp_path_factory):
                                     model2.named_parameters(), comm=comm, **kw)
     opt2.load_state_dict(ck["opt"])
     opt2.load_compression_state_dict(comp)
-    for s in range(3, 6):
-        x, y = data("mlp", s)
-        opt2.zero_grad()
-        torch.nn.functional.cross_entropy(model2(local(x, comm)), local(y, comm)).backward()
-        opt2.step()
+    run_steps(model2, opt2, comm, range(3, 6))
     all_ok(comm, np.array_equal(flat_params(model2), flat_params(straight)), "resumed == straight with top-k, bitwise")
     opt2.free()
