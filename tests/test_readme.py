@@ -40,6 +40,8 @@ SKIP = {
 #: (pattern on the command as written, arguments appended to shorten it)
 SHORTEN = [
     (r"python benchmarks/(balance|pipeline)\.py", ["--quick"]),
+    (r"python benchmarks/torch_ddp\.py", []),  # already a smoke run (--quick)
+    (r"python examples/torch_digits\.py", ["--epochs", "4"]),
     (r"train .*--checkpoint-dir", ["--epochs", "2"]),
     (r"train .*--straggle", ["--epochs", "1"]),
     (r"train .*--compression", ["--epochs", "1"]),
@@ -124,6 +126,17 @@ def test_readme_commands_are_all_known():
             assert extra is not None, f"no check for README command: {c}"
 
 
+def _needs_torch(text: str):
+    """The skip reason for a command or example that needs PyTorch where it is not installed, else None."""
+    if not re.search(r"\bimport torch|ring_allreduce\.torch|torch_digits|torch_ddp", text):
+        return None
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "needs PyTorch (pip install 'ring-allreduce[torch]')"
+    return None
+
+
 def _check_claims(cmd: str, res, cwd) -> None:
     out = res.stdout + res.stderr
     assert res.returncode == 0, f"{cmd}\n{out[-3000:]}"
@@ -157,6 +170,11 @@ def _check_claims(cmd: str, res, cwd) -> None:
                 assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
         if "--tune" in words:
             assert "# wrote" in res.stdout, res.stdout[-2000:]
+    if any(w.endswith("examples/torch_digits.py") for w in words):
+        acc = re.search(r"test accuracy ([0-9.]+)", res.stdout)
+        assert acc and float(acc.group(1)) > 0.5, res.stdout[-2000:]
+    if any(w.endswith("benchmarks/torch_ddp.py") for w in words):
+        assert "samples/s" in res.stdout and "ring_allreduce" in res.stdout, res.stdout[-2000:]
     if "info" in words:
         assert "mpi_library" in res.stdout and "auto_table" in res.stdout, res.stdout
 
@@ -164,6 +182,8 @@ def _check_claims(cmd: str, res, cwd) -> None:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("cmd", _commands())
 def test_readme_command(cmd, tmp_path):
+    if _needs_torch(cmd):
+        pytest.skip(_needs_torch(cmd))
     env, argv, extra = to_argv(cmd)
     if "--tune" in cmd:  # --tune without a path writes the active table: a scratch copy of the shipped one
         import shutil
@@ -190,6 +210,8 @@ def test_readme_python_block(index, tmp_path):
     code = python_blocks(open(README).read())[index]
     if "local_gradient" in code:
         pytest.skip("a fragment: local_gradient and comm come from the reader's program")
+    if _needs_torch(code):
+        pytest.skip(_needs_torch(code))
     script = tmp_path / "example.py"
     script.write_text(code)
     res = _run(mpiexec_prefix(2) + [sys.executable, str(script)], str(tmp_path))
