@@ -196,7 +196,8 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
         reader.join(timeout=5)
         res.killed = _end_leftovers(st, job, quick=why is not None or proc.returncode != 0)
         res.elapsed = time.monotonic() - t0
-        res.returncode = proc.returncode if proc.returncode else (1 if why or res.killed else 0)
+        rc = proc.returncode
+        res.returncode = rc if rc > 0 else 128 - rc if rc < 0 else (1 if why or res.killed else 0)
         ranks = sorted(set(res.failed_ranks))
         res.failed_ranks = ranks
         res.failed_hosts = sorted({h["host"] for h, rs in place if set(rs) & set(ranks)})

@@ -159,6 +159,11 @@ def set_link(st: dict, h: dict, what: str) -> None:
     """``up``/``down`` the host's link (its bridge-side veth), or shape it to a rate."""
     if what in ("up", "down"):
         sh(["ip", "link", "set", h["veth"], what])
+        if what == "up":  # addresses tried while the link was down are cached as unreachable: forget them
+            sh(["ip", "-n", h["netns"], "neigh", "flush", "all"], check=False)
+            sh(["ip", "neigh", "flush", "dev", st["bridge"]], check=False)
+            for other in st["hosts"]:
+                sh(["ip", "-n", other["netns"], "neigh", "flush", "to", h["addr"]], check=False)
         h["link"] = what
     else:
         bps = shaping.parse_rate(what)
