@@ -31,7 +31,10 @@ from .state import ClusterError
 JOB_ENV = "RING_ALLREDUCE_CLUSTER_JOB"
 FAILURE = re.compile(r"ring-allreduce: rank \d+ (reports rank\(s\)|of \d+ failed)|MPI_Abort|MPI_ABORT|"
                      r"BAD TERMINATION|prterun has exited|exited on signal|noticed that process rank")
-_RANKS = (re.compile(r"reports rank\(s\) \[([\d, ]+)\]"), re.compile(r"rank (\d+) of \d+ failed"))
+_RANKS = (re.compile(r"reports rank\(s\) \[([\d, ]+)\]"), re.compile(r"rank (\d+) of \d+ failed"),
+          re.compile(r"RANK (\d+) PID \d+ RUNNING AT"),  # hydra's BAD TERMINATION report
+          re.compile(r"process rank (\d+) with PID"))  # prterun's "noticed that process rank N ..."
+_PID = re.compile(r"PID (\d+) RUNNING AT|PID (\d+) on node")  # hydra / prterun name a dead rank by its pid
 
 
 def parse_layout(spec, n_hosts: int, ranks_per_host=None) -> list:
@@ -94,7 +97,7 @@ def launcher_argv(st: dict, place, mpi: str, mpiexec: str, cmd) -> list:
         return [mpiexec, "-localhost", st["bridge_addr"], "-launcher", "ssh", "-launcher-exec", st["agent"],
                 "-hosts", hosts, "-n", n] + list(cmd)
     if mpi == "openmpi":
-        argv = [mpiexec, "--prtemca", "plm_rsh_agent", st["agent"], "--prtemca", "oob_tcp_if_include", st["subnet"],
+        argv = [mpiexec, "--prtemca", "plm_ssh_agent", st["agent"], "--prtemca", "oob_tcp_if_include", st["subnet"],
                 "--mca", "btl_tcp_if_include", st["subnet"], "--host", hosts, "--map-by", "slot", "-n", n]
         if os.geteuid() == 0:
             argv.append("--allow-run-as-root")
@@ -113,19 +116,25 @@ class JobResult:
                 f"{self.failed_hosts}, killed={self.killed}, elapsed={self.elapsed:.1f})")
 
 
-def job_pids(st: dict, job: str) -> dict:
-    """``{host name: [pid, ...]}`` of the processes of job ``job`` still running on the hosts."""
-    marker = f"{JOB_ENV}={job}".encode()
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+def job_pids(st: dict, job: str, ranks=None) -> dict:
+    """``{host name: [pid, ...]}`` of the processes of job ``job`` still running on the hosts.
+
+    ``ranks``: a dict that gains ``pid -> rank`` for each process that is an MPI rank (from its environment).
+    """
     found = {}
     for h in st["hosts"]:
         for pid in net.netns_pids(h["netns"]):
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as fh:
-                    env = fh.read().split(b"\0")
-            except OSError:
+            env = net.environ(pid)
+            if env.get(JOB_ENV) != job:
                 continue
-            if marker in env:
-                found.setdefault(h["host"], []).append(pid)
+            found.setdefault(h["host"], []).append(pid)
+            if ranks is not None:
+                r = next((env[v] for v in _RANK_VARS if v in env), None)
+                if r is not None and r.isdigit():
+                    ranks[pid] = int(r)
     return found
 
 
@@ -154,6 +163,7 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
     stream.flush()
     t0 = time.monotonic()
     failed_at = []
+    rank_of = {}  # pid -> rank
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                             errors="replace", bufsize=1, start_new_session=True)
 
@@ -170,13 +180,21 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
                 for pat in _RANKS:
                     for m in pat.findall(line):
                         res.failed_ranks += [int(v) for v in m.split(",") if v.strip()]
+            for m in _PID.finditer(line):
+                pid = int(m.group(1) or m.group(2))
+                if pid in rank_of:
+                    res.failed_ranks.append(rank_of[pid])
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     why = None
+    next_scan = 0.0
     try:
         while proc.poll() is None:
             now = time.monotonic()
+            if now >= next_scan and not failed_at:  # which pid is which rank, to name a rank reported by pid
+                job_pids(st, job, rank_of)
+                next_scan = now + 0.5
             if failed_at and now - failed_at[0] > grace:
                 why = f"the launcher did not end the job {grace:g} s after the failure"
                 break
@@ -202,8 +220,11 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
         res.failed_ranks = ranks
         res.failed_hosts = sorted({h["host"] for h, rs in place if set(rs) & set(ranks)})
         if why is not None or res.killed or (res.returncode and res.failure):
-            stream.write(_report(res, why) + "\n")
+            line = _report(res, why) + "\n"
+            stream.write(line)
             stream.flush()
+            if capture:
+                res.output.append(line)
     return res
 
 
