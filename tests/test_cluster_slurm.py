@@ -44,6 +44,8 @@ class MultiNode(test_slurm.Cluster):
         lines += [f"NodeName={h['hostname']} NodeAddr={h['addr']} CPUs={os.cpu_count() or 1} State=UNKNOWN"
                   for h in self.st["hosts"]]
         lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
+        for n in self.nodes:
+            os.makedirs(self._path(f"spool-{n}"), exist_ok=True)
         with open(self.conf, "w") as fh:
             fh.write("\n".join(lines) + "\n")
 
@@ -59,7 +61,7 @@ class MultiNode(test_slurm.Cluster):
         for h in self.st["hosts"]:
             self._start_in(h["hostname"], enter_cmd(h) + [test_slurm._which("slurmd"), "-D", "-f", self.conf,
                                                           "-N", h["hostname"]])
-        self._wait(lambda: self.run(["sinfo", "-h", "-o", "%T"], check=False).stdout.split().count("idle")
+        self._wait(lambda: self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout.split().count("idle")
                    == len(self.nodes), 90, "the nodes did not become idle")
 
     def _start_in(self, label, argv):
@@ -115,13 +117,15 @@ def _hosts_line(text):
     return int(m.group(1)), m.group(2)
 
 
-SBATCH = ["--nodes=2", "--ntasks-per-node=2", "--overcommit"]
+SBATCH = ["--nodes=2", "--ntasks=4", "--ntasks-per-node=2"]  # --ntasks too: the scripts default to --ntasks=2
 
 
 @pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
 def test_bench_sbatch_on_two_nodes(slurm2, tmp_path, launcher):
     """slurm/bench.sbatch at 2 nodes x 2 tasks: checked rows, ranks on both nodes (srun --mpi=pmi2 / mpiexec)."""
     env = _env(tmp_path)
+    if launcher == "mpiexec":  # hydra's proxies connect back to the address of this interface (every host has one)
+        env["HYDRA_IFACE"] = "eth0"
     env.update(RA_LAUNCHER=launcher, RA_LATENCY_ARGS="none",
                RA_BENCH_ARGS="-b 4K -e 1M -f 16 -n 3 -w 1 -c --algorithms ring,hierarchical,auto,mpi")
     job = slurm2.submit(os.path.join(ROOT, "slurm", "bench.sbatch"), env, SBATCH + [f"--job-name=ra-b-{launcher}"],
