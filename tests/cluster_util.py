@@ -34,17 +34,23 @@ def job_env() -> dict:
            if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPIR_", "PRTE_", "SLURM_", "PYTEST_"))}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")  # Open MPI ranks busy-poll; tests oversubscribe the cores
     if os.geteuid() == 0:  # Open MPI refuses root without these (MPICH ignores them)
         env["OMPI_ALLOW_RUN_AS_ROOT"] = env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
     return env
 
 
+_made = []
+
+
 def unique_cluster(hosts: int, link=None):
-    """Bring up a cluster with a name and subnet of its own (this process's pid); returns its state."""
+    """Bring up a cluster with a name and subnet of its own (this process's pid and a counter, so no two clusters
+    of one run, nor of two runs at once, share either); returns its state."""
     from ring_allreduce import cluster
     from ring_allreduce.cluster import ClusterError
 
-    pid = os.getpid()
+    _made.append(hosts)
+    pid = os.getpid() + 1009 * len(_made)
     last = None
     for attempt in range(8):
         n = (pid + attempt * 7919) % 60000

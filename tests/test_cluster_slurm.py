@@ -117,6 +117,13 @@ def _hosts_line(text):
     return int(m.group(1)), m.group(2)
 
 
+def _wait(slurm2, job, tmp_path, prefix):
+    try:
+        return slurm2.wait_job(job, timeout=120)
+    except AssertionError as e:  # add what the job printed so far
+        raise AssertionError(f"{e}\n--- job output\n{test_slurm._job_output(slurm2, job, tmp_path, prefix)}") from None
+
+
 SBATCH = ["--nodes=2", "--ntasks=4", "--ntasks-per-node=2"]  # --ntasks too: the scripts default to --ntasks=2
 
 
@@ -130,7 +137,7 @@ def test_bench_sbatch_on_two_nodes(slurm2, tmp_path, launcher):
                RA_BENCH_ARGS="-b 4K -e 1M -f 16 -n 3 -w 1 -c --algorithms ring,hierarchical,auto,mpi")
     job = slurm2.submit(os.path.join(ROOT, "slurm", "bench.sbatch"), env, SBATCH + [f"--job-name=ra-b-{launcher}"],
                         cwd=str(tmp_path))
-    state = slurm2.wait_job(job)
+    state = _wait(slurm2, job, tmp_path, f"ra-b-{launcher}")
     out = test_slurm._job_output(slurm2, job, tmp_path, f"ra-b-{launcher}")
     assert state == "COMPLETED", f"job {job}: {state}\n{out}\n{slurm2.logs()}"
     folder = tmp_path / "results" / f"ra-b-{launcher}-{job}"
@@ -144,7 +151,7 @@ def test_train_sbatch_on_two_nodes(slurm2, tmp_path):
     env = _env(tmp_path)
     env.update(RA_EPOCHS="2", RA_TRAIN_ARGS="--quiet")
     job = slurm2.submit(os.path.join(ROOT, "slurm", "train.sbatch"), env, SBATCH, cwd=str(tmp_path))
-    state = slurm2.wait_job(job)
+    state = _wait(slurm2, job, tmp_path, "ra-train")
     out = test_slurm._job_output(slurm2, job, tmp_path, "ra-train")
     assert state == "COMPLETED", f"job {job}: {state}\n{out}\n{slurm2.logs()}"
     folder = tmp_path / "results" / f"ra-train-{job}"
