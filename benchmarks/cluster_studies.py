@@ -84,35 +84,35 @@ def _cluster(hosts, link=None, link_of=None):
     return cluster.up(NAME, hosts=hosts, link=link, link_of=link_of, subnet=SUBNET)
 
 
-def _set_all(st, rate):
-    for h in st["hosts"]:
-        cluster.set_link(st, h["host"], rate)
+def _sweep(args):
+    """Yield ``(cluster state, rate, layout)`` over ``--rates`` x ``--layouts`` on one cluster (removed after)."""
+    layouts = args.layouts.split(",")
+    st = _cluster(max(len(LAYOUTS[lay]) for lay in layouts))
+    try:
+        for rate in args.rates.split(","):
+            for h in st["hosts"]:
+                cluster.set_link(st, h["host"], rate)
+            for lay in layouts:
+                yield st, rate, lay
+    finally:
+        cluster.down(NAME)
 
 
 def study_busbw(args) -> list:
     """Rows: layout, rate, algorithm, size, busbw, limit, fraction of the limit (medians over ``--repeats``)."""
-    layouts = args.layouts.split(",")
-    st = _cluster(max(len(LAYOUTS[lay]) for lay in layouts))
     rows = []
-    try:
-        for rate in args.rates.split(","):
-            _set_all(st, rate)
-            for lay in layouts:
-                sizes = LAYOUTS[lay]
-                limit = busbw_limit_GBps(parse_rate(rate), sizes)
-                doc = _job(st, lay, ["bench", "-b", args.minbytes, "-e", args.maxbytes, "-f", "4", "-n",
-                                     str(args.iters), "-w", "2", "--repeats", str(args.repeats), "-c",
-                                     "--algorithms", args.algorithms, "-q"], args.timeout)
-                for r in doc["rows"]:
-                    rows.append({"layout": lay, "rate": rate, "algorithm": r["algorithm"],
-                                 "size_bytes": r["size_bytes"], "time_us": r["time_us"],
-                                 "busbw_GBps": r["busbw_GBps"], "limit_GBps": limit,
-                                 "of_limit": r["busbw_GBps"] / limit, "wrong": r["wrong"]})
-                    print(f"{lay:4s} {rate:>8s} {r['algorithm']:20s} {r['size_bytes']:>10d} B "
-                          f"{r['busbw_GBps']:7.3f} GB/s  {100 * r['busbw_GBps'] / limit:5.1f}% of {limit:.3f}",
-                          flush=True)
-    finally:
-        cluster.down(NAME)
+    for st, rate, lay in _sweep(args):
+        sizes = LAYOUTS[lay]
+        limit = busbw_limit_GBps(parse_rate(rate), sizes)
+        doc = _job(st, lay, ["bench", "-b", args.minbytes, "-e", args.maxbytes, "-f", "4", "-n", str(args.iters),
+                             "-w", "2", "--repeats", str(args.repeats), "-c", "--algorithms", args.algorithms, "-q"],
+                   args.timeout)
+        for r in doc["rows"]:
+            rows.append({"layout": lay, "rate": rate, "algorithm": r["algorithm"], "size_bytes": r["size_bytes"],
+                         "time_us": r["time_us"], "busbw_GBps": r["busbw_GBps"], "limit_GBps": limit,
+                         "of_limit": r["busbw_GBps"] / limit, "wrong": r["wrong"]})
+            print(f"{lay:4s} {rate:>8s} {r['algorithm']:20s} {r['size_bytes']:>10d} B {r['busbw_GBps']:7.3f} GB/s  "
+                  f"{100 * r['busbw_GBps'] / limit:5.1f}% of {limit:.3f}", flush=True)
     return rows
 
 
@@ -158,25 +158,18 @@ def _median_rows(rows):
 
 
 def study_compression(args) -> list:
-    layouts = args.layouts.split(",")
-    st = _cluster(max(len(LAYOUTS[lay]) for lay in layouts))
     rows = []
-    try:
-        for rate in args.rates.split(","):
-            _set_all(st, rate)
-            for lay in layouts:
-                for comp in args.compressors.split(","):
-                    runs = [_train_row(_job(st, lay, ["train", "--dataset", args.dataset, "--epochs",
-                                                      str(args.epochs), "--compression", comp, "--quiet"],
-                                            args.timeout), args.target) for _ in range(args.repeats)]
-                    row = dict({"layout": lay, "rate": rate, "compression": comp}, **_median_rows(runs))
-                    rows.append(row)
-                    tt = row["time_to_target_s"]
-                    print(f"{lay:4s} {rate:>8s} {comp:9s} time to {100 * args.target:g}%: "
-                          f"{'never' if tt is None else f'{tt:6.1f} s'}  final {100 * row['final_accuracy']:.2f}%  "
-                          f"{row['samples_per_s']:,.0f} samples/s", flush=True)
-    finally:
-        cluster.down(NAME)
+    for st, rate, lay in _sweep(args):
+        for comp in args.compressors.split(","):
+            runs = [_train_row(_job(st, lay, ["train", "--dataset", args.dataset, "--epochs", str(args.epochs),
+                                              "--compression", comp, "--quiet"], args.timeout), args.target)
+                    for _ in range(args.repeats)]
+            row = dict({"layout": lay, "rate": rate, "compression": comp}, **_median_rows(runs))
+            rows.append(row)
+            tt = row["time_to_target_s"]
+            print(f"{lay:4s} {rate:>8s} {comp:9s} time to {100 * args.target:g}%: "
+                  f"{'never' if tt is None else f'{tt:6.1f} s'}  final {100 * row['final_accuracy']:.2f}%  "
+                  f"{row['samples_per_s']:,.0f} samples/s", flush=True)
     return rows
 
 
