@@ -9,6 +9,7 @@ SUBCOMMANDS = {
     "info": ("ring_allreduce.info", "print the MPI library, rank count, array backends and kernels"),
     "bench": ("ring_allreduce.bench.cli", "benchmark the allreduce algorithms against native MPI_Allreduce"),
     "train": ("ring_allreduce.train.cli", "data-parallel SGD on the hand-written allreduce"),
+    "cluster": ("ring_allreduce.cluster.cli", "emulated hosts with shaped links on one machine (needs root)"),
 }
 
 

@@ -3,12 +3,13 @@
 
 Tiers: ``unit`` (no MPI launcher: schedules, registries, kernels), ``mpi`` (``mpiexec -n N`` for N in
 ``--ranks``, default 1..5, plus the core allreduce and error tests at ``--wide-ranks``, default 6..8), ``cudasim`` (Numba CUDA kernels under ``NUMBA_ENABLE_CUDASIM=1``), ``gpu`` (skipped
-with a reason without a GPU), ``slurm`` (skipped with a reason without slurm-wlm). A tier's verdict comes from
+with a reason without a GPU), ``slurm`` (skipped with a reason without slurm-wlm), ``cluster`` (jobs across emulated
+hosts, ``ring-allreduce cluster``; skipped with a reason without root or iproute2). A tier's verdict comes from
 the exit status of pytest (or of mpiexec, which fails if any rank failed), never from rank 0's output alone;
 pytest's exit 5 (no tests collected) counts as a failure. Each pytest run has per-test timeouts with
 ``--timeout-method=thread`` and the whole run a wall-clock limit, so a hang fails instead of blocking.
 
-Usage: python tests/run.py [--tiers unit,mpi,cudasim,gpu,slurm] [--ranks 1,2,3,4,5] [--wide-ranks 6,7,8] [-k EXPR] [-x]
+Usage: python tests/run.py [--tiers unit,mpi,cudasim,gpu,slurm,cluster] [--ranks 1,2,3,4,5] [--wide-ranks 6,7,8] [-k EXPR] [-x]
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIERS = ("unit", "mpi", "cudasim", "gpu", "slurm")
+TIERS = ("unit", "mpi", "cudasim", "gpu", "slurm", "cluster")
 MPI_ONLY = "mpi and not cudasim and not gpu and not slurm"
 CORE_TESTS = ["tests/test_allreduce_mpi.py", "tests/test_errors_mpi.py"]
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
@@ -143,7 +144,8 @@ def main() -> int:
     for tier in tiers:
         runs = []
         if tier == "unit":
-            runs.append(("unit", py + ["--timeout=300", "-m", "not mpi and not cudasim and not gpu and not slurm"], {}, 900))
+            runs.append(("unit", py + ["--timeout=300", "-m", "not mpi and not cudasim and not gpu and not slurm and not cluster"],
+                         {}, 900))
         elif tier == "mpi":
             for n in [int(v) for v in args.ranks.split(",") if v]:
                 extra = {}
@@ -163,7 +165,9 @@ def main() -> int:
         elif tier == "gpu":
             runs.append(("gpu", py + ["--timeout=600", "-m", "gpu"], {}, 1200))
         elif tier == "slurm":
-            runs.append(("slurm", py + ["--timeout=600", "-m", "slurm"], {}, 1200))
+            runs.append(("slurm", py + ["--timeout=600", "-m", "slurm and not cluster"], {}, 1200))
+        elif tier == "cluster":  # jobs across emulated hosts (root + iproute2; skipped with a reason otherwise)
+            runs.append(("cluster", py + ["--timeout=600", "-m", "cluster"], {}, 1200))
         for label, cmd, extra, limit in runs:
             env = dict(base_env, **extra)
             env["RA_RANK_LOG_DIR"] = tempfile.mkdtemp(prefix="ra-ranks-")

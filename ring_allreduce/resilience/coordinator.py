@@ -117,7 +117,9 @@ class Coordinator:
             self.error = e
             sys.stderr.write(f"ring-allreduce: backup-worker coordinator failed: {type(e).__name__}: {e}\n")
             sys.stderr.flush()
-            self.ctrl.Abort(4)
+            from ..abort import abort
+
+            abort(self.ctrl, 4)
 
     def _loop(self) -> None:
         from mpi4py import MPI

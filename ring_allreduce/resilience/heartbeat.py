@@ -59,6 +59,8 @@ class Heartbeat:
                                "do not set mpi4py.rc.thread_level lower, or disable the heartbeat")
         self.comm = comm.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        # who runs where, so a failure names the host too (a cut link or a dead node loses all its ranks)
+        self.hosts = self.comm.allgather(MPI.Get_processor_name()) if self.size > 1 else [MPI.Get_processor_name()]
         self.interval, self.timeout = float(interval), float(timeout)
         self.stall_timeout = stall_timeout if stall_timeout and stall_timeout > 0 else None
         self.stall_shutdown = stall_shutdown if stall_shutdown and stall_shutdown > 0 else None
@@ -203,14 +205,20 @@ class Heartbeat:
         where = roles + where
         why = reason or (f"sent no heartbeat for {silent_s:.1f} s (timeout {self.timeout:g} s): "
                          "it died, exited early or hangs")
+        on = {}
+        for r in ranks:
+            on.setdefault(self.hosts[r], []).append(r)
+        hosts = "; ".join(f"host {h}: rank(s) {rs}" for h, rs in on.items())
         msg = (f"ring-allreduce: rank {self.rank} reports rank(s) {list(ranks)} failed: {why}"
-               + (f" ({'; '.join(where)})" if where else "") + "; aborting the job")
+               + (f" ({'; '.join(where)})" if where else "") + f" [{hosts}]; aborting the job")
         self.failed = list(ranks)
         if self.on_failure is not None:
             self.on_failure(msg, list(ranks))
             return
         self._print(msg)
-        self.comm.Abort(3)
+        from ..abort import abort
+
+        abort(self.comm, 3)
 
 
 _early: Optional[Heartbeat] = None

@@ -1,0 +1,269 @@
+"""Run an MPI job across the emulated hosts with the installed MPI's own launcher, and supervise it.
+
+Placement is by block: host ``h1`` gets ranks ``0..k1-1``, ``h2`` the next ``k2``, and so on. The launcher runs
+in the root namespace and reaches the hosts through the cluster's agent (an ssh stand-in, see
+:func:`.net._write_agent`): MPICH's hydra with ``-launcher ssh -launcher-exec AGENT -localhost <bridge>``, Open
+MPI's ``prterun`` with ``plm_rsh_agent AGENT``. ``UCX_TLS=tcp`` (unless already set) makes UCX use the veths
+between hosts: otherwise it finds the other hosts' processes on the same kernel and uses shared memory, and the
+shaped links would carry nothing; ranks on one host still use MPI's own shared memory.
+
+Supervision: a rank that fails prints a line the launcher forwards (``ring-allreduce: rank ...``, ``MPI_Abort``);
+then the launcher normally ends the job. When a host's link is down it cannot (its connection to that host's
+proxy is cut), so once a failure line is seen and the launcher has not ended within ``grace`` seconds, every
+process of the job is killed: the launcher's process group and, on every host, each process carrying this job's
+``RING_ALLREDUCE_CLUSTER_JOB`` marker in its environment (the marker travels through the launcher, the agent and
+the proxies to the ranks). Processes that are not part of the job (e.g. a slurmd) are left alone.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+from . import net
+from .state import ClusterError
+
+JOB_ENV = "RING_ALLREDUCE_CLUSTER_JOB"
+FAILURE = re.compile(r"ring-allreduce: rank \d+ (reports rank\(s\)|of \d+ failed)|MPI_Abort|MPI_ABORT|"
+                     r"BAD TERMINATION|prterun has exited|exited on signal|noticed that process rank")
+_RANKS = (re.compile(r"reports rank\(s\) \[([\d, ]+)\]"), re.compile(r"rank (\d+) of \d+ failed"),
+          re.compile(r"RANK (\d+) PID \d+ RUNNING AT"),  # hydra's BAD TERMINATION report
+          re.compile(r"process rank (\d+) with PID"))  # prterun's "noticed that process rank N ..."
+_PID = re.compile(r"PID (\d+) RUNNING AT|PID (\d+) on node")  # hydra / prterun name a dead rank by its pid
+
+
+def parse_layout(spec, n_hosts: int, ranks_per_host=None) -> list:
+    """Ranks per host: ``K`` on every host, or a layout ``"2+1"``/``"2,1"``/``"2x2"`` on the first hosts."""
+    if spec is None:
+        k = 1 if ranks_per_host is None else int(ranks_per_host)
+        if k < 1:
+            raise ClusterError(f"--ranks-per-host must be >= 1, got {k}")
+        return [k] * n_hosts
+    if ranks_per_host is not None:
+        raise ClusterError("give --ranks-per-host or --layout, not both")
+    s = str(spec).strip().lower()
+    m = re.fullmatch(r"(\d+)x(\d+)", s)
+    if m:
+        sizes = [int(m.group(2))] * int(m.group(1))
+    elif re.fullmatch(r"\d+([+,]\d+)*", s):
+        sizes = [int(v) for v in re.split(r"[+,]", s)]
+    else:
+        raise ClusterError(f"cannot parse --layout {spec!r}; use e.g. 2+1 (2 ranks on h1, 1 on h2) or 2x2")
+    if not sizes or min(sizes) < 1:
+        raise ClusterError(f"--layout {spec!r}: every host needs at least one rank")
+    if len(sizes) > n_hosts:
+        raise ClusterError(f"--layout {spec!r} needs {len(sizes)} hosts; the cluster has {n_hosts}")
+    return sizes
+
+
+def placement(st: dict, sizes) -> list:
+    """``[(host, [ranks])]`` by block."""
+    out, r = [], 0
+    for h, k in zip(st["hosts"], sizes):
+        out.append((h, list(range(r, r + k))))
+        r += k
+    return out
+
+
+def describe(place) -> str:
+    n = sum(len(rs) for _, rs in place)
+    parts = [f"{h['host']} ({h['hostname']}, {h['addr']}): rank{'s' if len(rs) > 1 else ''} "
+             + (f"{rs[0]}-{rs[-1]}" if len(rs) > 1 else str(rs[0])) for h, rs in place]
+    return f"{n} rank(s) on {len(place)} host(s), block placement: " + "; ".join(parts)
+
+
+def flavour(mpiexec: str) -> str:
+    try:
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ClusterError(f"cannot run {mpiexec} --version: {e}") from None
+    if "Open MPI" in out or "OpenRTE" in out or "prte" in out.lower():
+        return "openmpi"
+    if "HYDRA" in out or "MPICH" in out:
+        return "mpich"
+    raise ClusterError(f"{mpiexec} is neither MPICH's hydra nor Open MPI's mpiexec; pass --mpiexec")
+
+
+def launcher_argv(st: dict, place, mpi: str, mpiexec: str, cmd) -> list:
+    """The launcher command line for ``cmd`` on the placement (MPICH hydra or Open MPI prterun)."""
+    hosts = ",".join(f"{h['addr']}:{len(rs)}" for h, rs in place)
+    n = str(sum(len(rs) for _, rs in place))
+    if mpi == "mpich":
+        return [mpiexec, "-localhost", st["bridge_addr"], "-launcher", "ssh", "-launcher-exec", st["agent"],
+                "-hosts", hosts, "-n", n] + list(cmd)
+    if mpi == "openmpi":
+        argv = [mpiexec, "--prtemca", "plm_ssh_agent", st["agent"], "--prtemca", "oob_tcp_if_include", st["subnet"],
+                "--mca", "btl_tcp_if_include", st["subnet"], "--host", hosts, "--map-by", "slot", "-n", n]
+        if os.geteuid() == 0:
+            argv.append("--allow-run-as-root")
+        return argv + ["--oversubscribe"] + list(cmd)
+    raise ClusterError(f"--mpi must be mpich or openmpi, not {mpi!r}")
+
+
+class JobResult:
+    """What :func:`run` saw: exit status, output (when captured), the failure line and what had to be killed."""
+
+    __slots__ = ("returncode", "output", "placement", "failure", "failed_ranks", "failed_hosts", "killed",
+                 "elapsed", "job")
+
+    def __repr__(self) -> str:
+        return (f"JobResult(returncode={self.returncode}, failure={self.failure!r}, failed_hosts="
+                f"{self.failed_hosts}, killed={self.killed}, elapsed={self.elapsed:.1f})")
+
+
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+def job_pids(st: dict, job: str, ranks=None) -> dict:
+    """``{host name: [pid, ...]}`` of the processes of job ``job`` still running on the hosts.
+
+    ``ranks``: a dict that gains ``pid -> rank`` for each process that is an MPI rank (from its environment).
+    """
+    found = {}
+    for h in st["hosts"]:
+        for pid in net.netns_pids(h["netns"]):
+            env = net.environ(pid)
+            if env.get(JOB_ENV) != job:
+                continue
+            found.setdefault(h["host"], []).append(pid)
+            if ranks is not None:
+                r = next((env[v] for v in _RANK_VARS if v in env), None)
+                if r is not None and r.isdigit():
+                    ranks[pid] = int(r)
+    return found
+
+
+def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, grace=5.0, stream=None,
+        capture=False) -> JobResult:
+    """Launch ``cmd`` with ``sizes[i]`` ranks on host ``i``; forward its output to ``stream``; end it whole.
+
+    ``timeout``: kill the job after this many seconds (None: never). ``grace``: seconds the launcher gets to end
+    the job by itself after a failure line. ``capture``: keep the output in the result.
+    """
+    stream = stream if stream is not None else sys.stdout
+    mpiexec = mpiexec or net.which("mpiexec")
+    if mpiexec is None:
+        raise ClusterError("no mpiexec on PATH (install the [mpich] or [openmpi] extra)")
+    mpi = mpi or flavour(mpiexec)
+    place = placement(st, sizes)
+    job = f"{st['name']}-{uuid.uuid4().hex[:12]}"
+    env = dict(os.environ if env is None else env)
+    env.setdefault("UCX_TLS", "tcp")
+    env[JOB_ENV] = job
+    argv = launcher_argv(st, place, mpi, mpiexec, cmd)
+    res = JobResult()
+    res.placement, res.job, res.output, res.killed = place, job, [] if capture else None, {}
+    res.failure, res.failed_ranks = None, []
+    stream.write(f"ring-allreduce cluster: {describe(place)}\n")
+    stream.flush()
+    t0 = time.monotonic()
+    failed_at = []
+    rank_of = {}  # pid -> rank
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                            errors="replace", bufsize=1, start_new_session=True)
+
+    def pump():
+        for line in proc.stdout:
+            stream.write(line)
+            stream.flush()
+            if capture:
+                res.output.append(line)
+            if FAILURE.search(line):
+                if not failed_at:
+                    failed_at.append(time.monotonic())
+                    res.failure = line.strip()
+                for pat in _RANKS:
+                    for m in pat.findall(line):
+                        res.failed_ranks += [int(v) for v in m.split(",") if v.strip()]
+            for m in _PID.finditer(line):
+                pid = int(m.group(1) or m.group(2))
+                if pid in rank_of:
+                    res.failed_ranks.append(rank_of[pid])
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    why = None
+    next_scan = 0.0
+    try:
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now >= next_scan and not failed_at:  # which pid is which rank, to name a rank reported by pid
+                job_pids(st, job, rank_of)
+                next_scan = now + 0.5
+            if failed_at and now - failed_at[0] > grace:
+                why = f"the launcher did not end the job {grace:g} s after the failure"
+                break
+            if timeout is not None and now - t0 > timeout:
+                why = f"the job ran past its {timeout:g} s time limit"
+                if res.failure is None:
+                    res.failure = why
+                break
+            time.sleep(0.1)
+    except BaseException:
+        why = "interrupted"
+        raise
+    finally:
+        if why is not None:
+            _kill_group(proc)
+        proc.wait()
+        reader.join(timeout=5)
+        res.killed = _end_leftovers(st, job, quick=why is not None or proc.returncode != 0)
+        res.elapsed = time.monotonic() - t0
+        rc = proc.returncode
+        res.returncode = rc if rc > 0 else 128 - rc if rc < 0 else (1 if why or res.killed else 0)
+        ranks = sorted(set(res.failed_ranks))
+        res.failed_ranks = ranks
+        res.failed_hosts = sorted({h["host"] for h, rs in place if set(rs) & set(ranks)})
+        if why is not None or res.killed or (res.returncode and res.failure):
+            line = _report(res, why) + "\n"
+            stream.write(line)
+            stream.flush()
+            if capture:
+                res.output.append(line)
+    return res
+
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _end_leftovers(st: dict, job: str, quick: bool) -> dict:
+    """Kill the job's processes still on the hosts (after a short wait when the job ended normally)."""
+    deadline = time.monotonic() + (0.5 if quick else 3.0)
+    left = job_pids(st, job)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = job_pids(st, job)
+    killed = {}
+    for _ in range(20):
+        if not left:
+            break
+        for hostname, pids in left.items():
+            net.kill_pids(pids)
+            killed.setdefault(hostname, set()).update(pids)
+        time.sleep(0.05)
+        left = job_pids(st, job)
+    return {h: sorted(p) for h, p in killed.items()}
+
+
+def _report(res: JobResult, why) -> str:
+    parts = ["ring-allreduce cluster: the job failed"]
+    if res.failed_ranks:
+        where = ", ".join(f"{h['host']} ({h['hostname']})" for h, rs in res.placement if set(rs) & set(res.failed_ranks))
+        parts.append(f": rank(s) {res.failed_ranks} on host(s) {where}")
+    if res.failure:
+        parts.append(f" (first report: {res.failure[:200]})")
+    if why:
+        parts.append(f"; {why}")
+    if res.killed:
+        parts.append("; killed what remained: " + ", ".join(f"{len(p)} process(es) on {h}"
+                                                           for h, p in sorted(res.killed.items())))
+    return "".join(parts)

@@ -1,0 +1,106 @@
+"""``ring-allreduce cluster`` without touching the network: rates, layouts, plans, launcher lines, error lines."""
+import os
+
+import pytest
+
+from ring_allreduce.cluster import ClusterError, launch, net, shaping, state
+from ring_allreduce.cluster import cli as ccli
+
+
+@pytest.mark.parametrize("text,bps", [("1gbit", 10**9), ("200mbit", 200 * 10**6), ("2.5gbit", 25 * 10**8),
+                                      ("100Mbit", 10**8), ("unlimited", None), (None, None)])
+def test_rates_parse_and_print_back(text, bps):
+    assert shaping.parse_rate(text) == bps
+    if bps is not None:
+        assert shaping.parse_rate(shaping.format_rate(bps)) == bps
+
+
+@pytest.mark.parametrize("bad", ["fast", "1gb", "-1mbit", "0mbit", "10kbit", "1 gbps"])
+def test_bad_rates_name_the_accepted_forms(bad):
+    with pytest.raises(ClusterError, match="rate"):
+        shaping.parse_rate(bad)
+
+
+def test_both_directions_are_shaped_with_a_bucket_large_enough_for_gso():
+    cmds = shaping.shape_cmds("c-h1", "c-h1", "eth0", 10**9)
+    assert [c[:6] for c in cmds] == [["tc", "qdisc", "replace", "dev", "c-h1", "root"],
+                                     ["tc", "-n", "c-h1", "qdisc", "replace", "dev"]]
+    args = shaping.tbf_args(10**8)
+    assert args[args.index("burst") + 1] == str(128 * 1024)  # at least two 64 KiB segments
+    args = shaping.tbf_args(10 * 10**9)
+    assert int(args[args.index("burst") + 1]) == 10 * 10**9 // 8 // 1000  # ~1 ms at high rates
+
+
+def test_layouts_place_ranks_by_block():
+    st = state.plan("c", 3, "10.250.1.0/24", {})
+    assert launch.parse_layout(None, 3) == [1, 1, 1]
+    assert launch.parse_layout(None, 3, ranks_per_host=2) == [2, 2, 2]
+    assert launch.parse_layout("2+1", 3) == [2, 1]
+    assert launch.parse_layout("2x2", 3) == [2, 2]
+    place = launch.placement(st, [2, 1])
+    assert [(h["host"], rs) for h, rs in place] == [("h1", [0, 1]), ("h2", [2])]
+    assert "h1 (c-h1, 10.250.1.2): ranks 0-1; h2 (c-h2, 10.250.1.3): rank 2" in launch.describe(place)
+    for bad, msg in (("2+1+1+1", "needs 4 hosts"), ("2+0", "at least one"), ("two", "cannot parse")):
+        with pytest.raises(ClusterError, match=msg):
+            launch.parse_layout(bad, 3)
+    with pytest.raises(ClusterError, match="not both"):
+        launch.parse_layout("2+1", 3, ranks_per_host=2)
+
+
+def test_plan_names_and_addresses(tmp_path, monkeypatch):
+    monkeypatch.setenv(state.ENV_DIR, str(tmp_path))
+    st = state.plan("abc", 2, "10.250.2.0/24", {"h2": 10**8})
+    assert st["bridge"] == "abc-br" and st["bridge_addr"] == "10.250.2.1"
+    assert [(h["netns"], h["hostname"], h["addr"], h["rate"]) for h in st["hosts"]] == [
+        ("abc-h1", "abc-h1", "10.250.2.2", None), ("abc-h2", "abc-h2", "10.250.2.3", 10**8)]
+    assert st["hosts"][0]["uts"].startswith(str(tmp_path))
+    for bad in ("Abc", "a-b", "abcdefghijk", "1a"):
+        with pytest.raises(ClusterError, match="cluster name"):
+            state.plan(bad, 2, "10.250.2.0/24", {})
+    with pytest.raises(ClusterError, match="private IPv4"):
+        state.plan("abc", 2, "8.8.8.0/24", {})
+    with pytest.raises(ClusterError, match="room for 9 hosts"):
+        state.plan("abc", 9, "10.250.2.0/29", {})
+
+
+def test_launcher_lines_reach_the_hosts_through_the_agent():
+    st = state.plan("c", 2, "10.250.3.0/24", {})
+    place = launch.placement(st, [2, 2])
+    argv = launch.launcher_argv(st, place, "mpich", "mpiexec", ["python", "x.py"])
+    assert argv[:7] == ["mpiexec", "-localhost", "10.250.3.1", "-launcher", "ssh", "-launcher-exec", st["agent"]]
+    assert argv[argv.index("-hosts") + 1] == "10.250.3.2:2,10.250.3.3:2" and argv[-2:] == ["python", "x.py"]
+    argv = launch.launcher_argv(st, place, "openmpi", "mpiexec", ["python"])
+    assert argv[argv.index("plm_ssh_agent") + 1] == st["agent"]
+    assert argv[argv.index("--host") + 1] == "10.250.3.2:2,10.250.3.3:2"
+
+
+def test_failure_lines_name_ranks():
+    lines = ["ring-allreduce: rank 0 reports rank(s) [2, 3] failed: sent no heartbeat",
+             "ring-allreduce: rank 1 of 4 failed, aborting the job:",
+             "=   RANK 3 PID 77 RUNNING AT 10.0.0.3"]
+    assert launch.FAILURE.search(lines[0]) and launch.FAILURE.search(lines[1])
+    assert launch.FAILURE.search("=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES")
+    got = [int(v) for pat in launch._RANKS for line in lines for m in pat.findall(line) for v in m.split(",")]
+    assert sorted(got) == [1, 2, 3, 3]
+    assert not launch.FAILURE.search("epoch 3/10 loss 0.1 test acc 97%")
+
+
+@pytest.mark.parametrize("why", ["caps", "tool"])
+def test_without_root_or_iproute2_one_error_line_and_exit_2(monkeypatch, capsys, why):
+    if why == "caps":
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+        monkeypatch.setattr(net, "_has_caps", lambda: False)
+    else:
+        real = net.which
+        monkeypatch.setattr(net, "which", lambda name: None if name == "ip" else real(name))
+    rc = ccli.main(["up", "--hosts", "2", "--name", "never"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("ring-allreduce: error: "), err
+    assert ("needs root" in err[0]) if why == "caps" else ("needs ip" in err[0])
+
+
+def test_status_of_a_cluster_that_is_not_up_says_how_to_start_one(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(state.ENV_DIR, str(tmp_path))
+    monkeypatch.setattr(net, "preflight", lambda: None)
+    assert ccli.main(["status", "--name", "nothere"]) == 2
+    assert "cluster up --hosts N --name nothere" in capsys.readouterr().err
