@@ -80,8 +80,18 @@ def test_failure_lines_name_ranks():
              "=   RANK 3 PID 77 RUNNING AT 10.0.0.3"]
     assert launch.FAILURE.search(lines[0]) and launch.FAILURE.search(lines[1])
     assert launch.FAILURE.search("=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES")
-    got = [int(v) for pat in launch._RANKS for line in lines for m in pat.findall(line) for v in m.split(",")]
-    assert sorted(got) == [1, 2, 3, 3]
+    named = [[] for _ in launch._RANK_SOURCES]
+    for line in lines:
+        launch.scan_ranks(line, named)
+    assert named == [[2, 3], [1], [3]]
+    assert launch.failed_ranks(named) == [2, 3]  # the heartbeat's report wins over a survivor that raised
+    assert launch.failed_ranks([[], [1], [3]]) == [1]
+    # Open MPI: prterun names the survivor that called MPI_Abort next to the dead rank; our own report wins
+    named = [[] for _ in launch._RANK_SOURCES]
+    for line in ["ring-allreduce: rank 0 reports rank(s) [2, 3] failed: sent no heartbeat",
+                 "prterun noticed that process rank 1 with PID 4242 on node h1 exited on signal 6"]:
+        launch.scan_ranks(line, named)
+    assert launch.failed_ranks(named) == [2, 3]
     assert not launch.FAILURE.search("epoch 3/10 loss 0.1 test acc 97%")
 
 

@@ -31,10 +31,29 @@ from .state import ClusterError
 JOB_ENV = "RING_ALLREDUCE_CLUSTER_JOB"
 FAILURE = re.compile(r"ring-allreduce: rank \d+ (reports rank\(s\)|of \d+ failed)|MPI_Abort|MPI_ABORT|"
                      r"BAD TERMINATION|prterun has exited|exited on signal|noticed that process rank")
-_RANKS = (re.compile(r"reports rank\(s\) \[([\d, ]+)\]"), re.compile(r"rank (\d+) of \d+ failed"),
-          re.compile(r"RANK (\d+) PID \d+ RUNNING AT"),  # hydra's BAD TERMINATION report
-          re.compile(r"process rank (\d+) with PID"))  # prterun's "noticed that process rank N ..."
+#: who names the failed ranks, most trusted first; the first source that names anyone wins: the heartbeat names
+#: the ranks it lost; a rank that raised names itself (but a survivor whose peer died may raise too); the launcher
+#: names the dead, and also the survivor that called MPI_Abort
+_RANK_SOURCES = (
+    (re.compile(r"reports rank\(s\) \[([\d, ]+)\]"),),
+    (re.compile(r"rank (\d+) of \d+ failed"),),
+    (re.compile(r"RANK (\d+) PID \d+ RUNNING AT"),  # hydra's BAD TERMINATION report
+     re.compile(r"process rank (\d+) with PID")),  # prterun's "noticed that process rank N ..."
+)
 _PID = re.compile(r"PID (\d+) RUNNING AT|PID (\d+) on node")  # hydra / prterun name a dead rank by its pid
+
+
+def scan_ranks(line: str, named: list) -> None:
+    """Add the ranks a failure line names to ``named[i]``, ``i`` the index of its source in ``_RANK_SOURCES``."""
+    for pats, into in zip(_RANK_SOURCES, named):
+        for pat in pats:
+            for m in pat.findall(line):
+                into += [int(v) for v in m.split(",") if v.strip()]
+
+
+def failed_ranks(named: list) -> list:
+    """The ranks named by the most trusted source that names any."""
+    return sorted(set(next((r for r in named if r), [])))
 
 
 def parse_layout(spec, n_hosts: int, ranks_per_host=None) -> list:
@@ -159,6 +178,7 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
     res = JobResult()
     res.placement, res.job, res.output, res.killed = place, job, [] if capture else None, {}
     res.failure, res.failed_ranks = None, []
+    named = [[] for _ in _RANK_SOURCES] + [[]]  # ranks per source (last: a dead rank's pid the launcher printed)
     stream.write(f"ring-allreduce cluster: {describe(place)}\n")
     stream.flush()
     t0 = time.monotonic()
@@ -177,13 +197,11 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
                 if not failed_at:
                     failed_at.append(time.monotonic())
                     res.failure = line.strip()
-                for pat in _RANKS:
-                    for m in pat.findall(line):
-                        res.failed_ranks += [int(v) for v in m.split(",") if v.strip()]
+                scan_ranks(line, named)
             for m in _PID.finditer(line):
                 pid = int(m.group(1) or m.group(2))
                 if pid in rank_of:
-                    res.failed_ranks.append(rank_of[pid])
+                    named[-1].append(rank_of[pid])
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -216,7 +234,7 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
         res.elapsed = time.monotonic() - t0
         rc = proc.returncode
         res.returncode = rc if rc > 0 else 128 - rc if rc < 0 else (1 if why or res.killed else 0)
-        ranks = sorted(set(res.failed_ranks))
+        ranks = failed_ranks(named)
         res.failed_ranks = ranks
         res.failed_hosts = sorted({h["host"] for h, rs in place if set(rs) & set(ranks)})
         if why is not None or res.killed or (res.returncode and res.failure):
