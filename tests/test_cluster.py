@@ -36,7 +36,7 @@ ALLREDUCE_JOB = textwrap.dedent("""
     from mpi4py import MPI
     from ring_allreduce import algorithm_names
     from ring_allreduce.shm import topology
-    from ring_allreduce.algorithms import shm_path
+    from ring_allreduce.shm.dispatch import route
     from tests.test_allreduce_mpi import check_one
 
     comm = MPI.COMM_WORLD
@@ -54,7 +54,7 @@ ALLREDUCE_JOB = textwrap.dedent("""
     layout = {"node_count": nodes, "real_sizes": list(st.sizes or ()),
               "hierarchy_sizes": list(st.hierarchy(None).node_sizes),
               "known_sizes": list(topology.known_node_sizes(comm) or ()),
-              "auto_route_1MiB": shm_path.route(np.zeros(1 << 18, np.float32), None, comm)}
+              "auto_route_1MiB": route(np.zeros(1 << 18, np.float32), None, comm)}
     for alg in [a for a in algs if a not in missing]:
         for dtype, ops in (("int32", ("sum", "max")), ("int64", ("prod",)), ("float32", ("sum",)),
                            ("float64", ("avg",))):
@@ -278,3 +278,35 @@ def test_killed_ranks_on_one_host_end_the_job(st):
     assert res.failed_hosts == ["h2"] and res.failed_ranks and set(res.failed_ranks) <= {2, 3}, out[-4000:]
     assert "on host(s) h2" in out, out[-4000:]
     assert processes_left(st) == {}, "processes left on the hosts"
+
+
+def test_the_readme_commands_bring_up_run_reshape_and_remove_a_cluster(tmp_path):
+    """``ring-allreduce cluster up / run / set-link / status / down`` as the README shows them (own name, subnet)."""
+    import subprocess
+
+    from ring_allreduce import cluster
+
+    name, subnet = f"rar{os.getpid() % 10000}", f"10.{251 + os.getpid() % 4}.{os.getpid() % 250}.0/24"
+
+    def ra(sub, *args):
+        return subprocess.run([sys.executable, "-m", "ring_allreduce", "cluster", sub, "--name", name, *args],
+                              capture_output=True, text=True, env=job_env(), timeout=120)
+
+    try:
+        up = ra("up", "--hosts", "2", "--link", "1gbit", "--subnet", subnet)
+        assert up.returncode == 0, up.stdout + up.stderr
+        job = _write(tmp_path, "names.py", "from mpi4py import MPI\n"
+                     "names = MPI.COMM_WORLD.allgather(MPI.Get_processor_name())\n"
+                     "print('HOSTS', len(set(names)), flush=True) if MPI.COMM_WORLD.rank == 0 else None\n")
+        run = ra("run", "--ranks-per-host", "2", "--timeout", "60", "--", sys.executable, job)
+        assert run.returncode == 0 and "HOSTS 2" in run.stdout, run.stdout + run.stderr
+        assert "block placement" in run.stdout and "ranks 0-1" in run.stdout, run.stdout
+        assert ra("set-link", "h2", "200mbit").returncode == 0
+        status = ra("status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "200" in status.stdout and "h2" in status.stdout, status.stdout
+    finally:
+        first = ra("down")
+        again = ra("down")  # idempotent
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert cluster.load(name) is None
