@@ -239,12 +239,18 @@ def srun_mpi_problem(cluster):
     of failing on a machine property. The probe is the smallest such job, so a real bug in the scripts still fails.
     """
     if not _SRUN_PROBE:
-        probe = cluster.run(["srun", "--kill-on-bad-exit=1", "--mpi=pmi2", "--ntasks=2", sys.executable, "-c",
-                             "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"], check=False, timeout=120)
-        out = probe.stdout + probe.stderr
-        bad = [ln.strip() for ln in out.splitlines() if "UCX" in ln and "ERROR" in ln]
-        _SRUN_PROBE.append(f"MPICH cannot start 2 ranks under srun --mpi=pmi2 here: {bad[0]}"
-                           if probe.returncode != 0 and bad else None)
+        try:
+            probe = cluster.run(["srun", "--kill-on-bad-exit=1", "--time=2", "--mpi=pmi2", "--ntasks=2",
+                                 sys.executable, "-c", "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"],
+                                check=False, timeout=90)
+        except subprocess.TimeoutExpired:  # the other face of the same problem: both ranks spin in MPI_Init
+            cluster.run(["scancel", "--user", str(os.getuid())], check=False)
+            _SRUN_PROBE.append("MPICH's 2 ranks hung in MPI_Init under srun --mpi=pmi2 here (90 s)")
+        else:
+            out = probe.stdout + probe.stderr
+            bad = [ln.strip() for ln in out.splitlines() if "UCX" in ln and "ERROR" in ln]
+            _SRUN_PROBE.append(f"MPICH cannot start 2 ranks under srun --mpi=pmi2 here: {bad[0]}"
+                               if probe.returncode != 0 and bad else None)
     return _SRUN_PROBE[0]
 
 

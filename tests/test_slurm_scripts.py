@@ -50,16 +50,14 @@ def test_local_slurm_runs_the_train_script(tmp_path):
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    env = dict(os.environ, RA_EPOCHS="1", OMP_NUM_THREADS="1",
+    # hydra inside the allocation: what local.py does (start Slurm, submit, report, stop) is under test here; srun
+    # itself is tested by tests/test_slurm.py, which probes first (MPICH under srun is unreliable on this machine)
+    env = dict(os.environ, RA_EPOCHS="1", OMP_NUM_THREADS="1", RA_LAUNCHER="mpiexec",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env = {k: v for k, v in env.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "SLURM_"))}
     res = subprocess.run([sys.executable, os.path.join(ROOT, "slurm", "local.py"),
                           os.path.join(ROOT, "slurm", "train.sbatch")], capture_output=True, text=True,
                          timeout=500, cwd=tmp_path, env=env)
-    if res.returncode != 0 and "failed to unpack address, invalid bandwidth" in res.stdout + res.stderr:
-        # the machine property tests/test_slurm.py's srun_mpi_problem describes, not local.py's
-        pytest.skip("MPICH could not start 2 ranks under srun --mpi=pmi2 here (UCX: failed to unpack address, "
-                    "invalid bandwidth 0.00); see tests/test_slurm.py srun_mpi_problem")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "COMPLETED" in res.stdout and "done: test accuracy" in res.stdout, res.stdout
     job_dirs = list((tmp_path / "results").iterdir())
