@@ -71,7 +71,14 @@ def test_device_paths_of_every_algorithm(comm, monkeypatch, algorithm, aware, en
                 fd.stream.launch(lambda: np.copyto(x.host, x2.host))
                 y = plan() if entry == "plan" else plan.start().wait()
         got = fd._to_host(y)  # no synchronize here: the call must have left the result complete
-        all_ok(comm, got.tobytes() == want.tobytes(),
+        same = got.tobytes() == want.tobytes()
+        if not same and entry == "start" and algorithm in ("mpi", "auto") and np.dtype(dtype).kind == "f":
+            # native MPI_Iallreduce may add in another order than the reference's MPI_Allreduce (Open MPI does at
+            # p=5): equal to rounding; every rank still holds the same bytes (assert_identical below)
+            eps = np.finfo(np.dtype(dtype)).eps
+            same = np.allclose(got.astype(np.float64), want.astype(np.float64), rtol=8 * comm.size * eps,
+                               atol=8 * comm.size * eps * float(np.abs(want.astype(np.float64)).max(initial=0)))
+        all_ok(comm, same,
                f"{algorithm} {entry} aware={aware} n={n} {dtype} {op}: device result equals the host one")
         assert_identical(comm, got)
 
