@@ -40,6 +40,8 @@ _RANK_SOURCES = (
     (re.compile(r"RANK (\d+) PID \d+ RUNNING AT"),  # hydra's BAD TERMINATION report
      re.compile(r"process rank (\d+) with PID")),  # prterun's "noticed that process rank N ..."
 )
+#: Open MPI: a survivor whose peer died prints the peer's host before aborting; names that host's ranks
+_PEER_HOST = re.compile(r"Peer host:\s+(\S+)")
 _PID = re.compile(r"PID (\d+) RUNNING AT|PID (\d+) on node")  # hydra / prterun name a dead rank by its pid
 
 
@@ -179,6 +181,7 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
     res.placement, res.job, res.output, res.killed = place, job, [] if capture else None, {}
     res.failure, res.failed_ranks = None, []
     named = [[] for _ in _RANK_SOURCES] + [[]]  # ranks per source (last: a dead rank's pid the launcher printed)
+    peers = []  # ranks on a host a survivor named as its dead peer (trusted before the launcher's report)
     stream.write(f"ring-allreduce cluster: {describe(place)}\n")
     stream.flush()
     t0 = time.monotonic()
@@ -198,6 +201,9 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
                     failed_at.append(time.monotonic())
                     res.failure = line.strip()
                 scan_ranks(line, named)
+            m = _PEER_HOST.search(line)
+            if m:
+                peers.extend(r for h, rs in place if m.group(1) in (h["hostname"], h["host"]) for r in rs)
             for m in _PID.finditer(line):
                 pid = int(m.group(1) or m.group(2))
                 if pid in rank_of:
@@ -234,7 +240,7 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
         res.elapsed = time.monotonic() - t0
         rc = proc.returncode
         res.returncode = rc if rc > 0 else 128 - rc if rc < 0 else (1 if why or res.killed else 0)
-        ranks = failed_ranks(named)
+        ranks = failed_ranks(named[:2] + [peers] + named[2:])
         res.failed_ranks = ranks
         res.failed_hosts = sorted({h["host"] for h, rs in place if set(rs) & set(ranks)})
         if why is not None or res.killed or (res.returncode and res.failure):
