@@ -1,5 +1,7 @@
 """``ring-allreduce cluster`` without touching the network: rates, layouts, plans, launcher lines, error lines."""
 import os
+import sys
+import time
 
 import pytest
 
@@ -93,6 +95,29 @@ def test_failure_lines_name_ranks():
         launch.scan_ranks(line, named)
     assert launch.failed_ranks(named) == [2, 3]
     assert not launch.FAILURE.search("epoch 3/10 loss 0.1 test acc 97%")
+    assert launch.FAILURE.search("[h1:00000] *** An error occurred in Socket closed")
+
+
+def test_ranks_dead_before_the_first_report_are_named_only_while_some_rank_runs():
+    """Open MPI's survivor reports a closed socket and calls abort; the launcher then names the survivor."""
+    import subprocess
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while not launch.gone(zombie.pid) and time.monotonic() < deadline:  # exited, not yet reaped
+            time.sleep(0.05)
+        assert launch.gone(zombie.pid) and launch.gone(dead.pid) and not launch.gone(live.pid)
+        assert launch.dead_first({live.pid: 0, dead.pid: 2, zombie.pid: 3}) == [2, 3]
+        assert launch.dead_first({dead.pid: 2, zombie.pid: 3}) == []  # all gone: the launcher ended them
+        assert launch.dead_first({live.pid: 0}) == []
+    finally:
+        live.kill()
+        live.wait()
+        zombie.wait()
 
 
 @pytest.mark.parametrize("why", ["caps", "tool"])

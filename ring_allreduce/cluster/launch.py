@@ -30,7 +30,8 @@ from .state import ClusterError
 
 JOB_ENV = "RING_ALLREDUCE_CLUSTER_JOB"
 FAILURE = re.compile(r"ring-allreduce: rank \d+ (reports rank\(s\)|of \d+ failed)|MPI_Abort|MPI_ABORT|"
-                     r"BAD TERMINATION|prterun has exited|exited on signal|noticed that process rank")
+                     r"BAD TERMINATION|prterun has exited|exited on signal|noticed that process rank|"
+                     r"\*\*\* An error occurred in")
 #: who names the failed ranks, most trusted first; the first source that names anyone wins: the heartbeat names
 #: the ranks it lost; a rank that raised names itself (but a survivor whose peer died may raise too); the launcher
 #: names the dead, and also the survivor that called MPI_Abort
@@ -42,6 +43,25 @@ _RANK_SOURCES = (
 )
 #: Open MPI: a survivor whose peer died prints the peer's host before aborting; names that host's ranks
 _PEER_HOST = re.compile(r"Peer host:\s+(\S+)")
+#: Open MPI: a survivor's error handler reports a failed peer (before prterun kills anyone)
+_SURVIVOR = re.compile(r"\*\*\* An error occurred in")
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (no longer exists, or is a zombie its parent has not reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def dead_first(rank_of: dict) -> list:
+    """Ranks already gone when a survivor reports its error, if some rank still runs (else nothing is known)."""
+    dead = {r for pid, r in rank_of.items() if gone(pid)}
+    return sorted(dead) if dead and dead != set(rank_of.values()) else []
+
+
 _PID = re.compile(r"PID (\d+) RUNNING AT|PID (\d+) on node")  # hydra / prterun name a dead rank by its pid
 
 
@@ -182,6 +202,7 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
     res.failure, res.failed_ranks = None, []
     named = [[] for _ in _RANK_SOURCES] + [[]]  # ranks per source (last: a dead rank's pid the launcher printed)
     peers = []  # ranks on a host a survivor named as its dead peer (trusted before the launcher's report)
+    early = []  # ranks already dead when a survivor first reported its error (the launcher names the survivor)
     stream.write(f"ring-allreduce cluster: {describe(place)}\n")
     stream.flush()
     t0 = time.monotonic()
@@ -201,6 +222,8 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
                     failed_at.append(time.monotonic())
                     res.failure = line.strip()
                 scan_ranks(line, named)
+            if _SURVIVOR.search(line) and not early:
+                early.extend(dead_first(dict(rank_of)))
             m = _PEER_HOST.search(line)
             if m:
                 peers.extend(r for h, rs in place if m.group(1) in (h["hostname"], h["host"]) for r in rs)
@@ -240,7 +263,7 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
         res.elapsed = time.monotonic() - t0
         rc = proc.returncode
         res.returncode = rc if rc > 0 else 128 - rc if rc < 0 else (1 if why or res.killed else 0)
-        ranks = failed_ranks(named[:2] + [peers] + named[2:])
+        ranks = failed_ranks(named[:2] + [peers, early] + named[2:])
         res.failed_ranks = ranks
         res.failed_hosts = sorted({h["host"] for h, rs in place if set(rs) & set(ranks)})
         if why is not None or res.killed or (res.returncode and res.failure):
