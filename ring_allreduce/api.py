@@ -40,6 +40,11 @@ def iallreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, kernel=Non
     return Plan(x, comm, op, algorithm, out, kernel).start()
 
 
+def _apart(out, x) -> bool:
+    """``out`` and ``x`` (distinct arrays) share no memory: cheap when both own their data."""
+    return (out.base is None and x.base is None) or not np.may_share_memory(out, x)
+
+
 def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None, kernel=None):
     """Reduce ``x`` across all ranks of ``comm`` and return the result on every rank.
 
@@ -87,7 +92,7 @@ def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None,
         if (s is not None and s.hot is not None and s.generation == _GEN[0] and x.flags.c_contiguous
                 and (out is None or (out is x and x.flags.writeable)
                      or (type(out) is np.ndarray and out.shape == x.shape and out.dtype == x.dtype
-                         and out.flags.c_contiguous and out.flags.writeable and not np.may_share_memory(out, x)))):
+                         and out.flags.c_contiguous and out.flags.writeable and _apart(out, x)))):
             if check:
                 buf = np.empty(8, np.int64)
                 t.comm.Allreduce(s.pair, buf, MPI.MAX)
@@ -117,7 +122,7 @@ def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None,
     fast = (type(x) is np.ndarray and x.flags.c_contiguous
             and (out is None or (out is x and x.flags.writeable)
                  or (type(out) is np.ndarray and out.shape == x.shape and out.dtype == x.dtype
-                     and out.flags.c_contiguous and out.flags.writeable and not np.may_share_memory(out, x))))
+                     and out.flags.c_contiguous and out.flags.writeable and _apart(out, x))))
     if not fast and error is None:
         try:
             validate_buffers(x, out)
