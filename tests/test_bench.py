@@ -265,3 +265,21 @@ def test_cli_writes_json_csv_and_tunes(comm, tmp_path):
     table = auto.load_table(t)  # every rank reads what rank 0 wrote (after the CLI's final barrier)
     all_ok(comm, str(comm.Get_size()) in table["per_p"], "tuned p recorded")
     all_ok(comm, {r["algorithm"] for r in table["rules"]} <= {"recursive_doubling", "ring", "mpi"}, "candidates")
+
+
+def test_gloo_rendezvous_address_without_a_resolvable_hostname(monkeypatch):
+    """On the emulated cluster no resolver knows the hosts' names: rank 0 offers its interface's address."""
+    import socket
+
+    from ring_allreduce.bench import gloo
+
+    assert gloo._interface_address("lo") == "127.0.0.1"
+
+    def unknown(name):
+        raise socket.gaierror("no such host")
+
+    monkeypatch.setattr(socket, "gethostbyname", unknown)
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    assert gloo.host_address() == "127.0.0.1"
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "nosuch0")
+    assert gloo.host_address() == socket.gethostname()  # nothing better known: the name, as before

@@ -5,6 +5,7 @@ skipped. The process group is set up once over TCP: rank 0 picks a free port and
 """
 from __future__ import annotations
 
+import os
 import socket
 from typing import Callable, Optional
 
@@ -36,6 +37,36 @@ def unavailable_reason(comm) -> Optional[str]:
     return bad[0][1] if len(bad) == len(reasons) else f"rank {bad[0][0]}: {bad[0][1]}"
 
 
+def _interface_address(name: str) -> str:
+    """The IPv4 address of network interface ``name`` (Linux ``SIOCGIFADDR``)."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+    return socket.inet_ntoa(raw[20:24])
+
+
+def host_address() -> str:
+    """An address of this host the other hosts can reach: its hostname's, or else (a hostname no resolver knows,
+    as on the emulated cluster) the address of ``$GLOO_SOCKET_IFNAME`` or of the first interface that has one."""
+    name = socket.gethostname()
+    try:
+        addr = socket.gethostbyname(name)
+        if not addr.startswith("127."):
+            return addr
+    except OSError:
+        pass
+    want = os.environ.get("GLOO_SOCKET_IFNAME")
+    names = [want] if want else [n for _, n in socket.if_nameindex() if n != "lo"]
+    for n in names:
+        try:
+            return _interface_address(n)
+        except OSError:
+            continue
+    return name
+
+
 def _init(comm) -> None:
     import datetime
 
@@ -50,7 +81,7 @@ def _init(comm) -> None:
         with socket.socket() as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
-        addr = socket.gethostname()
+        addr = host_address()
     hosts = comm.allgather(socket.gethostname())
     addr, port = comm.bcast((addr, port), root=0)
     if len(set(hosts)) == 1:

@@ -5,7 +5,11 @@ in the root namespace and reaches the hosts through the cluster's agent (an ssh 
 :func:`.net._write_agent`): MPICH's hydra with ``-launcher ssh -launcher-exec AGENT -localhost <bridge>``, Open
 MPI's ``prterun`` with ``plm_rsh_agent AGENT``. ``UCX_TLS=tcp`` (unless already set) makes UCX use the veths
 between hosts: otherwise it finds the other hosts' processes on the same kernel and uses shared memory, and the
-shaped links would carry nothing; ranks on one host still use MPI's own shared memory.
+shaped links would carry nothing; ranks on one host still use MPI's own shared memory. The hosts share this
+machine's cores, so ``RING_ALLREDUCE_NUMBA_THREADS`` and ``OMP_NUM_THREADS`` default to the cores divided by the
+job's ranks (a host alone would give each rank all of them, and idle Numba/OpenMP threads that spin steal the
+cores from the other hosts' ranks and from the kernel's TCP work: a torch step took 2x longer). ``GLOO_SOCKET_IFNAME``
+defaults to the hosts' interface, for torch's Gloo.
 
 Supervision: a rank that fails prints a line the launcher forwards (``ring-allreduce: rank ...``, ``MPI_Abort``);
 then the launcher normally ends the job. When a host's link is down it cannot (its connection to that host's
@@ -195,6 +199,11 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
     job = f"{st['name']}-{uuid.uuid4().hex[:12]}"
     env = dict(os.environ if env is None else env)
     env.setdefault("UCX_TLS", "tcp")
+    env.setdefault("GLOO_SOCKET_IFNAME", net.HOST_IFNAME)  # torch's Gloo: no resolver knows the hosts' names
+    # the hosts share this machine's cores: each rank's kernels and BLAS get its share, not the whole machine
+    share = str(max(1, (os.cpu_count() or 1) // sum(sizes)))
+    for var in ("RING_ALLREDUCE_NUMBA_THREADS", "OMP_NUM_THREADS"):
+        env.setdefault(var, share)
     env[JOB_ENV] = job
     argv = launcher_argv(st, place, mpi, mpiexec, cmd)
     res = JobResult()

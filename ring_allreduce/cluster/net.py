@@ -18,6 +18,7 @@ import time
 from . import shaping
 from .state import ClusterError, folder, plan, save, state_path
 
+HOST_IFNAME = "eth0"  # each host's end of its veth
 TOOLS = ("ip", "tc", "nsenter", "unshare", "mount", "umount")
 _SBIN = os.pathsep + "/usr/sbin:/sbin:/usr/local/sbin"
 
@@ -108,15 +109,15 @@ def up(name: str, n_hosts: int, subnet: str, rates: dict) -> dict:
         for h in st["hosts"]:
             ns = h["netns"]
             sh(["ip", "netns", "add", ns])
-            sh(["ip", "link", "add", h["veth"], "type", "veth", "peer", "name", "eth0", "netns", ns])
+            sh(["ip", "link", "add", h["veth"], "type", "veth", "peer", "name", HOST_IFNAME, "netns", ns])
             sh(["ip", "link", "set", h["veth"], "master", br, "up"])
-            sh(["ip", "-n", ns, "addr", "add", f"{h['addr']}/{plen}", "dev", "eth0"])
-            sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
+            sh(["ip", "-n", ns, "addr", "add", f"{h['addr']}/{plen}", "dev", HOST_IFNAME])
+            sh(["ip", "-n", ns, "link", "set", HOST_IFNAME, "up"])
             sh(["ip", "-n", ns, "link", "set", "lo", "up"])
             with open(h["uts"], "w"):
                 pass
             sh(["unshare", f"--uts={h['uts']}", "hostname", h["hostname"]])
-            for cmd in shaping.shape_cmds(h["veth"], ns, "eth0", h["rate"]):
+            for cmd in shaping.shape_cmds(h["veth"], ns, HOST_IFNAME, h["rate"]):
                 sh(cmd, check=h["rate"] is not None)
         _write_agent(st)
         st["ready"] = True
@@ -167,7 +168,7 @@ def set_link(st: dict, h: dict, what: str) -> None:
         h["link"] = what
     else:
         bps = shaping.parse_rate(what)
-        for cmd in shaping.shape_cmds(h["veth"], h["netns"], "eth0", bps):
+        for cmd in shaping.shape_cmds(h["veth"], h["netns"], HOST_IFNAME, bps):
             sh(cmd, check=bps is not None)
         h["rate"] = bps
     save(st)
