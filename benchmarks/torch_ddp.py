@@ -40,12 +40,111 @@ def build(widths, seed):
     return torch.nn.Sequential(*layers[:-1])
 
 
-def worker(args) -> None:
-    import numpy as np
+def wrap(mode, model, args, comm, powersgd_rank, lr=0.01):
+    """(forward module, optimizer) of one mode: our DistributedOptimizer, or DDP over Gloo; PowerSGD of rank
+    ``powersgd_rank`` on both when > 0 (plain for 2 steps, then compressed: DDP's hook's minimum)."""
+    import torch
+
+    import ring_allreduce.torch as rat
+    from ring_allreduce.bench import gloo
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    if mode == "ring_allreduce":
+        psgd = {"compression": "powersgd",
+                "compression_options": {"powersgd_rank": powersgd_rank, "compress_after_steps": 2}}
+        opt = rat.DistributedOptimizer(opt, model.named_parameters(), comm=comm, bucket_mb=args.bucket_mb,
+                                       algorithm=args.algorithm, **(psgd if powersgd_rank else {}))
+        return model, opt
+    gloo._init(comm)
+    fwd = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=args.ddp_bucket_mb)
+    if powersgd_rank:
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
+
+        fwd.register_comm_hook(ps.PowerSGDState(process_group=None, matrix_approximation_rank=powersgd_rank,
+                                                start_powerSGD_iter=2, use_error_feedback=True, warm_start=True),
+                               ps.powerSGD_hook)
+    return fwd, opt
+
+
+def to_accuracy(args) -> None:
+    """Each mode (and its PowerSGD variant) trains from the same initial model on a learnable synthetic task
+    until the test accuracy reaches ``--target-acc``; training time only (evaluation excluded), per round."""
     import torch
     from mpi4py import MPI
 
-    import ring_allreduce.torch as rat
+    from ring_allreduce.bench import gloo
+
+    torch.set_num_threads(1)
+    comm = MPI.COMM_WORLD
+    rank, p = comm.Get_rank(), comm.Get_size()
+    widths = [int(w) for w in args.widths.split("-")]
+    B, n_train, n_test = args.global_batch, args.train_samples, 2048
+    local = B // p
+    # labels from a fixed random linear teacher: a task the MLP learns (about 0.8 at 400 steps, one process)
+    x = torch.randn(n_train + n_test, widths[0], generator=torch.Generator().manual_seed(1))
+    y = (x @ torch.randn(widths[0], widths[-1], generator=torch.Generator().manual_seed(2))).argmax(1)
+    xte, yte = x[n_train:][rank::p], y[n_train:][rank::p]
+    reason = gloo.unavailable_reason(comm)
+    modes = [(m, r) for m in MODES if m != "ddp_gloo" or reason is None
+             for r in ([0, args.powersgd_rank] if args.powersgd_rank else [0])]
+    runs = {m: [] for m in modes}
+    for rnd in range(args.rounds):
+        for mode, prank in (modes if rnd % 2 == 0 else modes[::-1]):
+            model = build(widths, args.seed)
+            fwd, opt = wrap(mode, model, args, comm, prank, lr=args.lr)
+            spent, hit, acc = 0.0, None, 0.0
+            for step in range(1, args.max_steps + 1):
+                i = (step - 1) * B % n_train + rank * local
+                comm.Barrier()
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(fwd(x[i:i + local]), y[i:i + local]).backward()
+                opt.step()
+                spent += comm.allreduce(time.perf_counter() - t0, MPI.MAX)
+                if step % args.eval_every == 0:
+                    with torch.no_grad():
+                        right = int((model(xte).argmax(1) == yte).sum())
+                    acc = comm.allreduce(right) / n_test
+                    if acc >= args.target_acc:
+                        hit = step
+                        break
+            runs[(mode, prank)].append({"seconds": spent if hit else None, "steps": hit, "accuracy": acc,
+                                        "seconds_per_step": spent / step})
+            if rank == 0:
+                print(f"  round {rnd + 1}: {label(mode, prank)}: "
+                      + (f"{acc:.3f} after {hit} steps in {spent:.1f} s" if hit else
+                         f"not reached in {args.max_steps} steps (accuracy {acc:.3f})"), flush=True)
+    if rank == 0:
+        rows = []
+        for (mode, prank), rs in runs.items():
+            done = [r["seconds"] for r in rs if r["seconds"] is not None]
+            rows.append({"mode": label(mode, prank), "runs": rs, "reached": f"{len(done)}/{len(rs)}",
+                         "median_seconds": statistics.median(done) if done else None,
+                         "median_steps": statistics.median(r["steps"] for r in rs if r["steps"]) if done else None,
+                         "median_step_s": statistics.median(r["seconds_per_step"] for r in rs)})
+        print(f"\ntime to {args.target_acc:.0%} test accuracy (p={p}, global batch {B}, lr {args.lr}, "
+              f"median of {args.rounds}):")
+        print("| mode | reached | median steps | median s | s/step |\n|---|---|---|---|---|")
+        for r in rows:
+            secs = f"{r['median_seconds']:.1f}" if r["median_seconds"] else "-"
+            print(f"| {r['mode']} | {r['reached']} | {r['median_steps'] or '-'} | {secs} | "
+                  f"{r['median_step_s'] * 1e3:.1f} ms |")
+        if reason:
+            print(f"ddp_gloo skipped: {reason}")
+        if args.json:
+            from ring_allreduce._io import write_json
+
+            write_json(args.json, {"args": vars(args), "rows": rows, "ddp_skipped": reason})
+
+
+def label(mode, prank) -> str:
+    return mode + (f" + PowerSGD rank {prank}" if prank else "")
+
+
+def worker(args) -> None:
+    import torch
+    from mpi4py import MPI
+
     from ring_allreduce.bench import gloo
 
     torch.set_num_threads(1)
@@ -61,23 +160,7 @@ def worker(args) -> None:
     runners = {}
     for mode in modes:
         model = build(widths, args.seed)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        if mode == "ring_allreduce":
-            psgd = {"compression": "powersgd",  # as DDP below: plain for 2 steps, then PowerSGD
-                    "compression_options": {"powersgd_rank": args.powersgd_rank, "compress_after_steps": 2}}
-            opt = rat.DistributedOptimizer(opt, model.named_parameters(), comm=comm, bucket_mb=args.bucket_mb,
-                                           algorithm=args.algorithm, **(psgd if args.powersgd_rank else {}))
-            fwd = model
-        else:
-            gloo._init(comm)
-            fwd = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=args.ddp_bucket_mb)
-            if args.powersgd_rank:  # DDP's own PowerSGD hook, the same rank, compressing from step 2 (its minimum)
-                from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
-
-                fwd.register_comm_hook(ps.PowerSGDState(process_group=None,
-                                                        matrix_approximation_rank=args.powersgd_rank,
-                                                        start_powerSGD_iter=2, use_error_feedback=True,
-                                                        warm_start=True), ps.powerSGD_hook)
+        fwd, opt = wrap(mode, model, args, comm, args.powersgd_rank)
 
         def step(fwd=fwd, opt=opt):
             opt.zero_grad()
@@ -156,6 +239,12 @@ def main(argv=None) -> int:
     ap.add_argument("--powersgd-rank", type=int, default=0,
                     help="compress both with PowerSGD of this rank (ours: compression='powersgd'; DDP: its hook)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target-acc", type=float, default=None,
+                    help="time to this test accuracy instead of samples/s (a learnable synthetic task)")
+    ap.add_argument("--max-steps", type=int, default=600, help="--target-acc: give up after this many steps")
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=0.05, help="--target-acc: SGD learning rate (momentum 0.9)")
+    ap.add_argument("--train-samples", type=int, default=32768)
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true", help="2 rounds of 3 steps: a smoke run")
     ap.add_argument("--timeout", type=float, default=1800)
@@ -164,7 +253,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.rounds, args.steps, args.warmup = 2, 3, 1
     if args.worker:
-        worker(args)
+        to_accuracy(args) if args.target_acc else worker(args)
         return 0
     return launch(args, [a for a in argv if a != "--worker"])
 
