@@ -63,22 +63,48 @@ def configs(ranks, quick):
     return rows
 
 
-def run_once(p: int, flags: list, epochs: int, timeout: int = 300) -> dict:
+def train_cmd(p: int, flags: list, epochs: int, out: str) -> list:
+    """``mpiexec -n p python -m ring_allreduce train --dataset synthetic ...`` writing its JSON to ``out``."""
     from tests.run import mpiexec_prefix
 
-    fd, out = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    cmd = mpiexec_prefix(p) + [sys.executable, "-m", "ring_allreduce", "train", "--dataset", "synthetic",
-                               "--epochs", str(epochs), "--threads", "1", "--quiet", "--json", out] + flags
+    return mpiexec_prefix(p) + [sys.executable, "-m", "ring_allreduce", "train", "--dataset", "synthetic",
+                                "--epochs", str(epochs), "--threads", "1", "--quiet", "--json", out] + flags
+
+
+def run_many(jobs, epochs: int, timeout: int = 300) -> list:
+    """Run ``[(p, flags), ...]`` at the same time (one job: alone); return each one's figures."""
+    outs, procs = [], []
     env = dict(os.environ, **THREAD_ENV)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-        with open(out) as fh:
-            r = json.load(fh)
+        for p, flags in jobs:
+            fd, out = tempfile.mkstemp(suffix=".json")
+            os.close(fd)
+            outs.append(out)
+            cmd = train_cmd(p, flags, epochs, out)
+            procs.append((cmd, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT, text=True)))
+        results = []
+        for (cmd, proc), out in zip(procs, outs):
+            text, _ = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{text}")
+            with open(out) as fh:
+                results.append(figures(json.load(fh)))
+        return results
     finally:
-        os.unlink(out)
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for out in outs:
+            os.unlink(out)
+
+
+def run_once(p: int, flags: list, epochs: int, timeout: int = 300) -> dict:
+    return run_many([(p, flags)], epochs, timeout)[0]
+
+
+def figures(r: dict) -> dict:
+    """A run's throughput (median samples/s of the epochs after the first) and communication shares."""
     later = r["history"][1:] or r["history"]
     return {"samples_per_s": statistics.median(h["samples_per_s"] for h in later),
             "comm_fraction": statistics.median(h["comm_fraction"] for h in later),

@@ -42,6 +42,7 @@ SKIP = {
 SHORTEN = [
     (r"python benchmarks/(balance|pipeline)\.py", ["--quick"]),
     (r"python benchmarks/torch_ddp\.py", []),  # already a smoke run (--quick)
+    (r"python benchmarks/train_ceiling\.py", []),  # already a smoke run (--quick)
     (r"python examples/torch_digits\.py", ["--epochs", "4"]),
     (r"train .*--checkpoint-dir", ["--epochs", "2"]),
     (r"train .*--straggle", ["--epochs", "1"]),

@@ -7,7 +7,7 @@ generated block by block on demand).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -68,34 +68,35 @@ class SyntheticDataset:
         self.seed, self.split, self.dtype = seed, split, np.dtype(dtype)
         teacher = np.random.default_rng([seed, 0x7EAC])
         self.w = teacher.standard_normal((self.n_in, self.n_out)) / np.sqrt(self.n_in)
-        self._blocks: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+        self._all: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
     def __len__(self) -> int:
         return self.n
 
     def _block(self, b: int):
-        blk = self._blocks.get(b)
-        if blk is None:
-            rng = np.random.default_rng([self.seed, self.split, b])
-            rows = min(self.BLOCK, self.n - b * self.BLOCK)
-            X = rng.standard_normal((rows, self.n_in))
-            t = X @ self.w + 0.1 * rng.standard_normal((rows, self.n_out))
-            y = t.argmax(axis=1).astype(np.int64) if self.kind == "classification" else t.astype(self.dtype)
-            blk = self._blocks[b] = (X.astype(self.dtype), y)
-        return blk
+        """Block ``b``'s rows, generated from its own seed (the same rows whoever asks, in any order)."""
+        rng = np.random.default_rng([self.seed, self.split, b])
+        rows = min(self.BLOCK, self.n - b * self.BLOCK)
+        X = rng.standard_normal((rows, self.n_in))
+        t = X @ self.w + 0.1 * rng.standard_normal((rows, self.n_out))
+        y = t.argmax(axis=1).astype(np.int64) if self.kind == "classification" else t.astype(self.dtype)
+        return X.astype(self.dtype), y
+
+    def _materialize(self):
+        """Every row, generated block by block into one array on first use (a shuffled batch touches every
+        block, so all of them are needed anyway; one gather per batch then replaces a loop over blocks)."""
+        X = np.empty((self.n, self.n_in), dtype=self.dtype)
+        y = np.empty((self.n,) if self.kind == "classification" else (self.n, self.n_out),
+                     dtype=np.int64 if self.kind == "classification" else self.dtype)
+        for b in range(-(-self.n // self.BLOCK)):
+            X[b * self.BLOCK:(b + 1) * self.BLOCK], y[b * self.BLOCK:(b + 1) * self.BLOCK] = self._block(b)
+        self._all = (X, y)
+        return self._all
 
     def take(self, idx) -> Tuple[np.ndarray, np.ndarray]:
+        X, y = self._all if self._all is not None else self._materialize()
         idx = np.asarray(idx, dtype=np.int64)
-        X = np.empty((idx.size, self.n_in), dtype=self.dtype)
-        y_shape = (idx.size,) if self.kind == "classification" else (idx.size, self.n_out)
-        y = np.empty(y_shape, dtype=np.int64 if self.kind == "classification" else self.dtype)
-        blocks = idx // self.BLOCK
-        for b in np.unique(blocks):
-            sel = np.nonzero(blocks == b)[0]
-            bx, by = self._block(int(b))
-            X[sel] = bx[idx[sel] - b * self.BLOCK]
-            y[sel] = by[idx[sel] - b * self.BLOCK]
-        return X, y
+        return X[idx], y[idx]
 
 
 def synthetic(kind: str = "classification", n_train: int = 8192, n_test: int = 2048, n_in: int = 256,
