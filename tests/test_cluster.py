@@ -164,6 +164,21 @@ def test_trainer_with_shared_buckets_across_hosts(st, tmp_path):
     assert res.returncode == 0 and "SHARED-BUCKETS OK" in out, out[-6000:]
 
 
+@pytest.mark.parametrize("layout", ["2x2", "3x1"])
+def test_backup_workers_across_hosts(st, tmp_path, layout):
+    """The coordinator hears every host's READY (a wildcard receive lost them across hosts: stalled at step 0)."""
+    out_json = str(tmp_path / "backup.json")
+    res = _run(st, [sys.executable, "-m", "ring_allreduce", "train", "--epochs", "2", "--backup-workers", "1",
+                    "--straggle", "2:5", "--compute-floor", "0.005", "--heartbeat-timeout", "20",
+                    "--json", out_json], layout, timeout=90)
+    out = "".join(res.output)
+    assert res.returncode == 0, out[-6000:]
+    with open(out_json) as fh:
+        r = json.load(fh)
+    assert r["params_identical"] and r["epochs_done"] == 2, out[-6000:]
+    assert r["test_accuracy"] > 0.85, r["test_accuracy"]
+
+
 # -- failures across hosts -------------------------------------------------------------------------------------
 HB_TIMEOUT = 3.0
 TRAIN = ["-m", "ring_allreduce", "train", "--epochs", "500", "--heartbeat-interval", "0.3",

@@ -125,23 +125,31 @@ class Coordinator:
         from mpi4py import MPI
 
         ctrl, p = self.ctrl, self.p
-        inbox = np.zeros(3, dtype=np.int64)
         ready: List[int] = []
         waiting: Dict[int, int] = {}  # late rank -> the step its gradient was computed at
         synced: List[int] = []
         final = 0
         self._sends: list = []
-        req = ctrl.Irecv(inbox, MPI.ANY_SOURCE, TAG_READY)
+        # one receive per source, not MPI_ANY_SOURCE: MPICH's ch4 (UCX over TCP between hosts, shared memory
+        # within one) lost wildcard messages from the other host ("unexpected tag-receive descriptor was not
+        # matched"), and the job stalled at step 0 on the emulated cluster
+        boxes = [np.zeros(3, dtype=np.int64) for _ in range(p)]
+        reqs = [ctrl.Irecv(boxes[r], r, TAG_READY) for r in range(p)]
+        arrived: List[int] = []  # sources whose message is complete, in the order they were seen
         pause = 2e-5
         while not self._halt.is_set():
-            if not req.Test():
-                # back off so the polling thread does not steal a core from an oversubscribed neighbour
-                time.sleep(pause)
-                pause = min(pause * 2, 5e-4)
-                continue
+            if not arrived:
+                done = MPI.Request.Testsome(reqs) or []
+                if not done:
+                    # back off so the polling thread does not steal a core from an oversubscribed neighbour
+                    time.sleep(pause)
+                    pause = min(pause * 2, 5e-4)
+                    continue
+                arrived = sorted(done)
             pause = 2e-5
-            kind, rank, step = (int(v) for v in inbox)
-            req = ctrl.Irecv(inbox, MPI.ANY_SOURCE, TAG_READY)
+            src = arrived.pop(0)
+            kind, rank, step = (int(v) for v in boxes[src])
+            reqs[src] = ctrl.Irecv(boxes[src], src, TAG_READY)
             if kind in (SYNC, FINAL):
                 if step != self.open_step:
                     raise RuntimeError(f"rank {rank} synchronises at step {step} but step {self.open_step} is open")
@@ -174,8 +182,9 @@ class Coordinator:
                 if final:
                     if final != p:
                         raise RuntimeError("some ranks ended training while others only synchronised")
-                    req.Cancel()
-                    req.Wait()
+                    for r in reqs:
+                        r.Cancel()
+                    MPI.Request.Waitall(reqs)
                     MPI.Request.Waitall([s for s, _ in self._sends])
                     return
                 synced, final = [], 0
