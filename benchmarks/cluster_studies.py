@@ -245,11 +245,19 @@ def main(argv=None) -> int:
         args.compressors, args.epochs, args.layout, args.target = "none,fp16", 1, "3x1", 0.5
     study = {"busbw": study_busbw, "model": study_model, "compression": study_compression,
              "backup": study_backup}[args.study]
-    rows = study(args)
+    measured = None
+    if args.study == "model":  # the busbw sweep it fits is kept (and plotted) too: one run gives both studies
+        measured = study_busbw(args)
+        rows = study_model(args, measured)
+    else:
+        rows = study(args)
     if args.json:
-        write_json(args.json, {"study": args.study, "args": vars(args), "rows": rows})
-    if args.plot and args.study == "busbw":
-        plot_busbw(rows, args.plot)
+        doc = {"study": args.study, "args": vars(args), "rows": rows}
+        if measured is not None:
+            doc["busbw_rows"] = measured
+        write_json(args.json, doc)
+    if args.plot and args.study in ("busbw", "model"):
+        plot_busbw(measured if measured is not None else rows, args.plot)
     return 0
 
 

@@ -217,6 +217,10 @@ def run_one(args, layout_: str, task: str, mode: str, flags: list, straggle: boo
 
 
 def fmt(row: dict) -> str:
+    if "failed" in row:
+        return (f"| {row['layout']} | {row['task']} | {row['mode']}{' (straggler)' if row['straggle'] else ''} | "
+                f"failed: {row['failed']} |")
+
     def kb(d):
         return "/".join(f"{v / 1e3:.0f}" if np.isfinite(v) else "-" for v in d.values()) if d else "-"
 
@@ -253,7 +257,7 @@ def main(argv=None) -> int:
     # measured here (p=2, ring, hidden 256, batch 64): 72.7% test accuracy after 3 epochs, 75.3% after 6
     ap.add_argument("--target-synthetic", type=float, default=0.70)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--timeout", type=float, default=600, help="per run, seconds (a run past it is a failed row)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: digits, 1 epoch, hidden 32 (4x1 unless --layouts)")
@@ -281,7 +285,12 @@ def main(argv=None) -> int:
                 if args.straggle:
                     runs += [(m, MODES[m], True) for m in modes] + [(m, f, True) for m, f in STRAGGLE_ONLY.items()]
                 for mode, flags, slow in runs:
-                    rows.append(run_one(args, layout_, task, mode, flags, slow))
+                    try:
+                        rows.append(run_one(args, layout_, task, mode, flags, slow))
+                    except (RuntimeError, subprocess.TimeoutExpired) as e:  # one failed run is a row, not the end
+                        why = str(e).strip().splitlines()
+                        rows.append({"layout": layout_, "task": task, "mode": mode, "straggle": slow,
+                                     "failed": why[-1][:300] if why else type(e).__name__})
                     print(fmt(rows[-1]), flush=True)
         finally:
             if args.launcher == "cluster":
