@@ -6,7 +6,7 @@ import numpy as np
 from . import _registry, backends
 from . import transport as _transport
 from .errors import ArgumentError
-from .plan import FLAT, Plan, Schedule, _check_comm, check_words, reduce_flat, validate_buffers
+from .plan import FLAT, Plan, Schedule, _check_comm, check_words, disjoint, reduce_flat, validate_buffers
 
 _MPI: list = []  # mpi4py.MPI once loaded: `from mpi4py import MPI` costs ~0.3 us per call
 _GEN = _registry.generation
@@ -38,11 +38,6 @@ def iallreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, kernel=Non
     A one-use plan (:func:`allreduce_init` then ``start()``): its arguments are agreed across ranks first.
     """
     return Plan(x, comm, op, algorithm, out, kernel).start()
-
-
-def _apart(out, x) -> bool:
-    """``out`` and ``x`` (distinct arrays) share no memory: cheap when both own their data."""
-    return (out.base is None and x.base is None) or not np.may_share_memory(out, x)
 
 
 def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None, kernel=None):
@@ -92,7 +87,7 @@ def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None,
         if (s is not None and s.hot is not None and s.generation == _GEN[0] and x.flags.c_contiguous
                 and (out is None or (out is x and x.flags.writeable)
                      or (type(out) is np.ndarray and out.shape == x.shape and out.dtype == x.dtype
-                         and out.flags.c_contiguous and out.flags.writeable and _apart(out, x)))):
+                         and out.flags.c_contiguous and out.flags.writeable and disjoint(out, x)))):
             if check:
                 buf = np.empty(8, np.int64)
                 t.comm.Allreduce(s.pair, buf, MPI.MAX)
@@ -122,7 +117,7 @@ def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None,
     fast = (type(x) is np.ndarray and x.flags.c_contiguous
             and (out is None or (out is x and x.flags.writeable)
                  or (type(out) is np.ndarray and out.shape == x.shape and out.dtype == x.dtype
-                     and out.flags.c_contiguous and out.flags.writeable and _apart(out, x))))
+                     and out.flags.c_contiguous and out.flags.writeable and disjoint(out, x))))
     if not fast and error is None:
         try:
             validate_buffers(x, out)

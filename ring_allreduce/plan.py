@@ -158,6 +158,11 @@ class Schedule:
         return name, algorithms.get(name)
 
 
+def disjoint(out, x) -> bool:
+    """Distinct host arrays ``out`` and ``x`` share no memory (cheap when both own their data)."""
+    return (out.base is None and x.base is None) or not np.may_share_memory(out, x)
+
+
 def validate_buffers(x, out):
     """Raise ArgumentError for arrays no algorithm can use (shape, contiguity, writability, aliasing)."""
     try:
@@ -186,7 +191,7 @@ def validate_buffers(x, out):
     if ob == backends.NUMPY:
         if not out.flags.writeable:
             raise ArgumentError("out is read-only")
-        if np.may_share_memory(out, x):
+        if not disjoint(out, x):
             raise ArgumentError("out overlaps x without being x; pass out=x for in-place")
 
 

@@ -36,9 +36,10 @@ JOB_ENV = "RING_ALLREDUCE_CLUSTER_JOB"
 FAILURE = re.compile(r"ring-allreduce: rank \d+ (reports rank\(s\)|of \d+ failed)|MPI_Abort|MPI_ABORT|"
                      r"BAD TERMINATION|prterun has exited|exited on signal|noticed that process rank|"
                      r"\*\*\* An error occurred in")
-#: who names the failed ranks, most trusted first; the first source that names anyone wins: the heartbeat names
-#: the ranks it lost; a rank that raised names itself (but a survivor whose peer died may raise too); the launcher
-#: names the dead, and also the survivor that called MPI_Abort
+#: who names the failed ranks in a failure line: the heartbeat names the ranks it lost; a rank that raised names
+#: itself (but a survivor whose peer died may raise too); the launcher names the dead, and also the survivor that
+#: called MPI_Abort. :func:`run` trusts, in this order (the first source that names anyone wins): heartbeat, raised,
+#: Open MPI's peer host, ranks dead when a survivor reported its error, the launcher's rank, the launcher's pid
 _RANK_SOURCES = (
     (re.compile(r"reports rank\(s\) \[([\d, ]+)\]"),),
     (re.compile(r"rank (\d+) of \d+ failed"),),
@@ -272,7 +273,8 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
         res.elapsed = time.monotonic() - t0
         rc = proc.returncode
         res.returncode = rc if rc > 0 else 128 - rc if rc < 0 else (1 if why or res.killed else 0)
-        ranks = failed_ranks(named[:2] + [peers, early] + named[2:])
+        heartbeat, raised, launcher, by_pid = named
+        ranks = failed_ranks([heartbeat, raised, peers, early, launcher, by_pid])
         res.failed_ranks = ranks
         res.failed_hosts = sorted({h["host"] for h, rs in place if set(rs) & set(ranks)})
         if why is not None or res.killed or (res.returncode and res.failure):
