@@ -3,9 +3,11 @@
 # RING_ALLREDUCE_REQUIRE_GPU=1 (a missing GPU fails instead of skipping), then the GPU benchmarks; JSON and PNG
 # go to $OUT. Budget: under 8 minutes (each step has its own timeout; the total is checked at the end).
 #
-# Needs: an NVIDIA GPU, python3, and the wheels this package needs in .whl/ (ring_allreduce, numpy, mpi4py, an MPI
-# wheel such as mpich, numba, cupy-cuda12x, pytest, pytest-timeout, pytest-mpi; torch and matplotlib optional).
-# No MPI library needs to be installed: the mpich wheel brings mpiexec.
+# Needs: an NVIDIA GPU, python3 with numpy, scikit-learn, CuPy, numba(-cuda), pytest, pytest-timeout (torch and
+# matplotlib optional), and in .whl/ the wheels it lacks, for its Python: the mpich wheel (libmpi and mpiexec; no
+# MPI library needs to be installed), mpi4py and pytest-mpi. The package itself runs from this checkout.
+# The wheels go in with --prefix, not --target: --target drops the mpich wheel's lib/ (libmpi.so.12). A numpy wheel
+# may come too: the H200 image's numba-cuda fails on its own numpy 2.5 (np.row_stack is gone), so 2.4 is carried.
 #
 # Usage: OUT=/some/dir benchmarks/gpu_check.sh [--dry-run] [--quick]
 #   --dry-run  print every command instead of running it (no install, no GPU); what CI checks
@@ -59,16 +61,25 @@ if [ "$DRY" = 0 ]; then
     exit 2
   fi
 fi
-run 60 install python3 -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export PATH="$SITE/bin:$PATH"
+run 60 install python3 -m pip install -q --no-index --no-deps --no-compile --ignore-installed --prefix "$SITE" .whl/*.whl
+# where the prefix scheme put things (a venv: $SITE/lib/pythonX.Y/site-packages; Debian: $SITE/local/...)
+found() { find "$SITE" "$@" 2>/dev/null | head -n 1; }
+SITE_PKG=$(dirname "$(dirname "$(found -path '*-packages/mpi4py/__init__.py')")" 2>/dev/null || true)
+SITE_BIN=$(dirname "$(found -name mpiexec -path '*/bin/*')" 2>/dev/null || true)
+SITE_LIB=$(dirname "$(found -name 'libmpi.so.12')" 2>/dev/null || true)
+export PYTHONPATH="$PWD:$SITE_PKG${PYTHONPATH:+:$PYTHONPATH}"
+export LD_LIBRARY_PATH="$SITE_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PATH="$SITE_BIN:$PATH"
+echo "gpu_check.sh: packages from $SITE_PKG, mpiexec from $SITE_BIN, libmpi from $SITE_LIB"
+[ "$DRY" = 1 ] || ls "$SITE_PKG"
 export RING_ALLREDUCE_REQUIRE_GPU=1
+run 30 versions python3 -c 'import numpy, mpi4py, cupy, numba; from mpi4py import MPI; print("numpy", numpy.__version__, "mpi4py", mpi4py.__version__, "cupy", cupy.__version__, "numba", numba.__version__, MPI.Get_library_version().splitlines()[0]); print("GPU", cupy.cuda.runtime.getDeviceProperties(0)["name"])'
 
-run 150 tests-gpu python3 tests/run.py --tiers gpu
-run 150 tests-cudasim python3 tests/run.py --tiers cudasim
-run 50 bench-kernels-staging-mlp-codec python3 benchmarks/gpu_bench.py --sections kernels,staging,mlp,codec \
+run 170 tests-gpu python3 tests/run.py --tiers gpu
+run 60 tests-cudasim python3 tests/run.py --tiers cudasim
+run 100 bench-kernels-staging-mlp-codec python3 benchmarks/gpu_bench.py --sections kernels,staging,mlp,codec \
   --out "$OUT" --repeats 7 "${QUICK[@]}"
-run 50 bench-allreduce mpiexec -n 2 python3 benchmarks/gpu_bench.py --sections allreduce --out "$OUT" --repeats 5 \
+run 60 bench-allreduce mpiexec -n 2 python3 benchmarks/gpu_bench.py --sections allreduce --out "$OUT" --repeats 5 \
   "${QUICK[@]}"
 
 if [ "$DRY" = 0 ]; then

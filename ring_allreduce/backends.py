@@ -28,7 +28,7 @@ _EXTRA: dict = {}
 
 def register(name: str, *, is_array, synchronize, to_host, from_host, empty_like) -> None:
     """Register a device array backend: ``is_array(x) -> bool``, ``synchronize()`` (wait for the stream),
-    ``to_host(x) -> ndarray`` (after synchronizing), ``from_host(host, out)`` (may be asynchronous: the caller
+    ``to_host(x) -> ndarray`` (a new array, after synchronizing), ``from_host(host, out)`` (may be asynchronous: the caller
     synchronizes), ``empty_like(x)``. Its arrays must expose ``__cuda_array_interface__`` (what mpi4py hands to
     MPI) and register a kernel (``kernels.DEFAULTS[name]``)."""
     _EXTRA[name] = BackendOps(is_array, synchronize, to_host, from_host, empty_like)
@@ -95,6 +95,44 @@ def to_host(x) -> np.ndarray:
     if b in _EXTRA:
         return _EXTRA[b].to_host(x)
     return x.copy_to_host()
+
+
+def to_host_into(x, host: np.ndarray) -> np.ndarray:
+    """Copy the device array ``x`` into the preallocated host array ``host`` (same shape and dtype) and return it;
+    waits for the array's pending work first. One copy: no temporary host array in between."""
+    b = array_backend(x)
+    if b == NUMPY:
+        np.copyto(host, x)
+        return host
+    synchronize(b)
+    if b == CUPY:
+        x.get(out=host)
+    elif b in _EXTRA:
+        np.copyto(host, _EXTRA[b].to_host(x))
+    else:
+        x.copy_to_host(host)
+    return host
+
+
+def host_buffer(backend: str, shape, dtype) -> np.ndarray:
+    """A host array to stage ``backend``'s arrays through: page-locked (pinned) for CuPy and Numba CUDA, so that
+    the copies run at the link's rate and need no bounce buffer in the driver; plain NumPy otherwise or when the
+    driver refuses to pin."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) if len(shape) else 1
+    try:
+        if backend == CUPY and n:
+            import cupy
+
+            mem = cupy.cuda.alloc_pinned_memory(n * dtype.itemsize)
+            return np.frombuffer(mem, dtype, n).reshape(shape)
+        if backend == NUMBA_CUDA and n:
+            from numba import cuda
+
+            return cuda.pinned_array(shape, dtype)
+    except Exception:  # noqa: BLE001 - no pinned memory (limits, simulator): pageable memory still works
+        pass
+    return np.empty(shape, dtype)
 
 
 def from_host(host: np.ndarray, out) -> None:

@@ -282,7 +282,7 @@ class Plan:
         self.nbytes = int(x.size) * x.dtype.itemsize
         self.pool = {}
         if s.staged:
-            self._host = np.empty(x.shape, x.dtype)
+            self._host = backends.host_buffer(s.backend, x.shape, x.dtype)  # pinned: kept for the plan's life
             self.src = self.dst = _flat(self._host)
         else:
             self._host = None
@@ -322,7 +322,7 @@ class Plan:
     def _blocking(self):
         s = self.schedule
         if self._host is not None:
-            np.copyto(self._host, backends.to_host(self.x))  # to_host waits for the stream that wrote x
+            backends.to_host_into(self.x, self._host)  # waits for the stream that wrote x
         reduce_flat(self.t, s, self.name, self.fn, self.src, self.dst, self.via)
         if self._host is not None:
             backends.from_host(self._host, self.out)
@@ -334,7 +334,7 @@ class Plan:
     def _steps(self):
         s, t = self.schedule, self.t
         if self._host is not None:
-            np.copyto(self._host, backends.to_host(self.x))
+            backends.to_host_into(self.x, self._host)
         src, dst = self.src, self.dst
         steps = getattr(self.fn, "steps", None)
         if src.size and t.size > 1 and steps is not None:

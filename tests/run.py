@@ -164,6 +164,9 @@ def main() -> int:
                          sim, 1200))
         elif tier == "gpu":
             runs.append(("gpu", py + ["--timeout=600", "-m", "gpu"], {}, 1200))
+            for n in (2, 3):  # device arrays through every algorithm, ranks sharing the one GPU
+                runs.append((f"gpu n={n}", mpiexec_prefix(n) + rank_py + ["--timeout=600", "--with-mpi", "-m", "gpu and mpi"],
+                             {}, 1200))
         elif tier == "slurm":
             runs.append(("slurm", py + ["--timeout=600", "-m", "slurm and not cluster"], {}, 1200))
         elif tier == "cluster":  # jobs across emulated hosts (root + iproute2; skipped with a reason otherwise)

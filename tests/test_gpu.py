@@ -108,3 +108,37 @@ def test_allreduce_cupy_arrays(op, dtype):
     assert_identical(comm, cupy.asnumpy(result), "cupy allreduce result")
     inplace = ring_allreduce.allreduce(dx, comm, op=op, algorithm="ring", out=dx)
     all_ok(comm, inplace is dx and np.array_equal(cupy.asnumpy(dx), expected), "in-place cupy allreduce")
+
+
+@pytest.mark.parametrize("dtype", ("float32", "float16"))
+def test_cupy_vector_sum_equals_the_elementwise_kernel_bit_for_bit(dtype):
+    """The vectorized sum/avg (aligned arrays) and the scalar ElementwiseKernel (unaligned views, other ranks'
+    segments) must round identically, or ranks could disagree."""
+    import cupy
+
+    from ring_allreduce import kernels
+    from ring_allreduce.kernels import cupy_kernels
+
+    kernel = kernels.for_backend("cupy")
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 7, 8, 9, 100_003, 1 << 20):
+        a, b = [(rng.standard_normal(n) * 1000).astype(dtype) for _ in range(2)]
+        if n > 8:
+            a[::101] = np.inf
+            b[::103] = np.nan
+            a[1::97] = -b[1::97]
+        da, db = cupy.asarray(a), cupy.asarray(b)
+        for div in (None, 2, 3, 7):
+            got = cupy.empty_like(da)
+            kernel.reduce(da, db, got, "sum", div)
+            ref = cupy.empty_like(da)
+            has_div = div is not None and div != 1
+            ek = cupy_kernels._reduce_kernel("sum", cupy_kernels._kind(dtype), has_div)
+            if n:
+                ek(da, db, kernel._divisor(np.dtype(dtype), div), ref) if has_div else ek(da, db, ref)
+            np.testing.assert_array_equal(cupy.asnumpy(got).view(np.uint16 if dtype == "float16" else np.uint32),
+                                          cupy.asnumpy(ref).view(np.uint16 if dtype == "float16" else np.uint32),
+                                          err_msg=f"{dtype} n={n} div={div}")
+    if n:
+        assert not isinstance(cupy_kernels.VECTOR_KERNELS.get(np.dtype(dtype).char), str), \
+            f"the vector kernel did not build: {cupy_kernels.VECTOR_KERNELS.get(np.dtype(dtype).char)}"

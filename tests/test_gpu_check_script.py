@@ -16,7 +16,7 @@ BENCH = os.path.join(ROOT, "benchmarks", "gpu_bench.py")
 def test_gpu_check_parses_and_its_dry_run_lists_every_step():
     subprocess.run(["bash", "-n", SCRIPT], check=True)
     out = subprocess.run(["bash", SCRIPT, "--dry-run"], check=True, capture_output=True, text=True).stdout
-    for needle in ("pip install -q --no-index --no-deps --target", "--tiers gpu", "--tiers cudasim",
+    for needle in ("pip install -q --no-index --no-deps --no-compile --ignore-installed --prefix", "--tiers gpu", "--tiers cudasim",
                    "gpu_bench.py --sections kernels,staging,mlp,codec", "mpiexec -n 2"):
         assert needle in out, out
     budget = sum(int(line.split(", ")[1].split("s)")[0]) for line in out.splitlines() if line.startswith("[dry-run]"))

@@ -74,6 +74,86 @@ def _scale_kernel(kind: str):
     return kernel
 
 
+# Vectorized sum / fused avg for float32 and float16 (the gradient dtypes): 16-byte loads and stores (float4, 8 halves)
+# in a grid-stride loop. An ElementwiseKernel indexes one element per thread with scalar loads and moved about 60 % of
+# a device copy's bytes per second on an H200 (float16: 30 %). Same numerics as the ElementwiseKernel above: float32
+# adds then divides in float32; float16 converts to float32, adds, divides and rounds once (to nearest even).
+_VECTOR_SRC = {"f": r"""
+extern "C" __global__ void ra_vsum_f32(const float* a, const float* b, float* out, long long n, float d, int has_div) {
+    long long stride = (long long)blockDim.x * gridDim.x;
+    long long i0 = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long n4 = n / 4;
+    const float4* a4 = reinterpret_cast<const float4*>(a);
+    const float4* b4 = reinterpret_cast<const float4*>(b);
+    float4* o4 = reinterpret_cast<float4*>(out);
+    for (long long i = i0; i < n4; i += stride) {
+        float4 x = a4[i], y = b4[i], r;
+        r.x = x.x + y.x; r.y = x.y + y.y; r.z = x.z + y.z; r.w = x.w + y.w;
+        if (has_div) { r.x = r.x / d; r.y = r.y / d; r.z = r.z / d; r.w = r.w / d; }
+        o4[i] = r;
+    }
+    for (long long i = n4 * 4 + i0; i < n; i += stride) {
+        float v = a[i] + b[i];
+        out[i] = has_div ? v / d : v;
+    }
+}
+""", "e": r"""
+#include <cuda_fp16.h>
+extern "C" __global__ void ra_vsum_f16(const __half* a, const __half* b, __half* out, long long n, float d, int has_div) {
+    long long stride = (long long)blockDim.x * gridDim.x;
+    long long i0 = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long n8 = n / 8;
+    const uint4* a8 = reinterpret_cast<const uint4*>(a);
+    const uint4* b8 = reinterpret_cast<const uint4*>(b);
+    uint4* o8 = reinterpret_cast<uint4*>(out);
+    for (long long i = i0; i < n8; i += stride) {
+        uint4 x = a8[i], y = b8[i], r;
+        const __half* xh = reinterpret_cast<const __half*>(&x);
+        const __half* yh = reinterpret_cast<const __half*>(&y);
+        __half* rh = reinterpret_cast<__half*>(&r);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            float v = __half2float(xh[k]) + __half2float(yh[k]);
+            if (has_div) v = v / d;
+            rh[k] = __float2half_rn(v);
+        }
+        o8[i] = r;
+    }
+    for (long long i = n8 * 8 + i0; i < n; i += stride) {
+        float v = __half2float(a[i]) + __half2float(b[i]);
+        if (has_div) v = v / d;
+        out[i] = __float2half_rn(v);
+    }
+}
+"""}
+#: dtype char -> cupy.RawKernel, or the reason it could not be built (then the ElementwiseKernel runs); filled lazily
+VECTOR_KERNELS: dict = {}
+_VECTOR_NAMES = {"f": "ra_vsum_f32", "e": "ra_vsum_f16"}
+_THREADS = 256
+
+
+def _vector_kernel(char: str):
+    """The vectorized sum kernel for dtype ``char`` (``"f"``/``"e"``), or None when NVRTC could not build it."""
+    k = VECTOR_KERNELS.get(char)
+    if k is None:
+        try:
+            module = cupy.RawModule(code=_VECTOR_SRC[char])
+            k = module.get_function(_VECTOR_NAMES[char])
+        except Exception as e:  # noqa: BLE001 - e.g. cuda_fp16.h not found by NVRTC: the scalar kernel still works
+            k = f"{type(e).__name__}: {e}"
+        VECTOR_KERNELS[char] = k
+    return k if not isinstance(k, str) else None
+
+
+def _vectorizable(a, b, out) -> bool:
+    """All three contiguous, the same length and 16-byte aligned (the vector loads need it)."""
+    n = out.size
+    for x in (a, b, out):
+        if not isinstance(x, cupy.ndarray) or x.size != n or not x.flags.c_contiguous or x.data.ptr % 16:
+            return False
+    return True
+
+
 class CupyKernel:
     """Fused reduce/scale on CuPy arrays (on the current stream; ``synchronize`` waits for it)."""
 
@@ -97,6 +177,14 @@ class CupyKernel:
             return
         has_div = div is not None and div != 1
         kind = _kind(out.dtype)
+        char = out.dtype.char
+        if op == "sum" and char in _VECTOR_NAMES and a.dtype == b.dtype == out.dtype and _vectorizable(a, b, out):
+            k = _vector_kernel(char)
+            if k is not None:
+                n = out.size
+                blocks = min(max(1, -(-n // (_THREADS * (4 if char == "f" else 8)))), 1 << 16)
+                k((blocks,), (_THREADS,), (a, b, out, np.int64(n), np.float32(div if has_div else 1), np.int32(has_div)))
+                return
         if has_div:
             _reduce_kernel(op, kind, True)(a, b, self._divisor(out.dtype, div), out)
         else:
