@@ -146,7 +146,8 @@ def _train_row(res, target):
             t_target = elapsed
     return {"time_to_target_s": t_target, "final_accuracy": res["test_accuracy"],
             "samples_per_s": res["samples_per_s"], "median_step_s": res["step_time"][0]["median_s"],
-            "train_time_s": res["train_time_s"]}
+            "train_time_s": res["train_time_s"], "comm_fraction": res.get("comm_fraction"),
+            "bytes_per_step": max(res["bytes_sent"]) / max(res["steps"], 1)}
 
 
 def _median_rows(rows):
@@ -159,12 +160,17 @@ def _median_rows(rows):
 
 def study_compression(args) -> list:
     rows = []
+    comps = args.compressors.split(",")
     for st, rate, lay in _sweep(args):
-        for comp in args.compressors.split(","):
-            runs = [_train_row(_job(st, lay, ["train", "--dataset", args.dataset, "--epochs", str(args.epochs),
-                                              "--compression", comp, "--quiet"], args.timeout), args.target)
-                    for _ in range(args.repeats)]
-            row = dict({"layout": lay, "rate": rate, "compression": comp}, **_median_rows(runs))
+        runs = {comp: [] for comp in comps}
+        for _ in range(args.repeats):  # interleaved: every compressor sees the same machine state
+            for comp in comps:
+                runs[comp].append(_train_row(_job(st, lay, ["train", "--dataset", args.dataset, "--epochs",
+                                                            str(args.epochs), "--compression", comp, "--quiet"],
+                                                  args.timeout), args.target))
+        for comp in comps:
+            row = dict({"layout": lay, "rate": rate, "compression": comp, "dataset": args.dataset,
+                        "target": args.target, "repeats": args.repeats}, **_median_rows(runs[comp]))
             rows.append(row)
             tt = row["time_to_target_s"]
             print(f"{lay:4s} {rate:>8s} {comp:9s} time to {100 * args.target:g}%: "
