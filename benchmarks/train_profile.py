@@ -11,6 +11,9 @@ Starts ``mpiexec -n P python -m ring_allreduce train ...`` (the scaling benchmar
 * ``data``: batches (``train/data.py``);
 * ``trainer and other``: the rest (the step loop, timers, Python start-up frames).
 
+Samples whose innermost frame is a ``threading`` wait (the heartbeat thread between beats) are left out: they are
+a background thread sleeping, not the step's time.
+
 A sample inside NumPy or MPI counts for the package frame that called it (py-spy without ``--native``
 attributes C time to the calling Python line), so ``communication`` includes MPI's copies and its busy polling.
 
@@ -56,16 +59,29 @@ def categorize(stack: str) -> str:
     return "trainer and other"
 
 
-def summarize(raw_text: str) -> dict:
-    """``{category: share of samples}`` plus the sample count, from py-spy's raw output."""
-    counts = collections.Counter()
+#: innermost frames of a thread that waits (the heartbeat's timed wait): py-spy does not always see them as idle
+_WAITING = ("Condition.wait (threading.py", "Event.wait (threading.py", "Thread.join (threading.py")
+
+
+def summarize(raw_text: str, top: int = 5) -> dict:
+    """``{category: share of samples}``, the sample count, and the ``top`` innermost frames of each category.
+    Samples of a waiting background thread are left out (counted in ``waiting_samples``)."""
+    counts, leaves = collections.Counter(), collections.defaultdict(collections.Counter)
+    waiting = 0
     for line in raw_text.splitlines():
         stack, _, n = line.rpartition(" ")
         if stack and n.isdigit():
-            counts[categorize(stack)] += int(n)
+            if stack.split(";")[-1].startswith(_WAITING):
+                waiting += int(n)
+                continue
+            cat = categorize(stack)
+            counts[cat] += int(n)
+            leaves[cat][stack.split(";")[-1]] += int(n)
     total = sum(counts.values())
     out = {c: (counts[c] / total if total else 0.0) for c in CATEGORIES}
     out["samples"] = total
+    out["waiting_samples"] = waiting
+    out["top_frames"] = {c: [[f, k / total] for f, k in leaves[c].most_common(top)] for c in CATEGORIES if leaves[c]}
     return out
 
 

@@ -28,8 +28,9 @@ def test_summary_shares_add_up_and_weigh_by_count(prof):
     raw = ("a (ring_allreduce/train/models.py:1) 30\n"
            "a (ring_allreduce/plan.py:1) 10\n"
            "a (x.py:1) 0\n"
+           "run (ring_allreduce/resilience/heartbeat.py:1);Condition.wait (threading.py:331) 99\n"
            "not a sample line\n")
     s = prof["summarize"](raw)
-    assert s["samples"] == 40
+    assert s["samples"] == 40 and s["waiting_samples"] == 99
     assert s["compute"] == pytest.approx(0.75) and s["communication"] == pytest.approx(0.25)
     assert sum(s[c] for c in prof["CATEGORIES"]) == pytest.approx(1.0)
