@@ -3,9 +3,10 @@
 
 Sections (``--sections``, default all):
 
-- ``kernels``: each device reduction kernel (``cupy`` ElementwiseKernel, ``numba_cuda``) for float32 and float16,
-  ``sum`` and fused ``avg`` (sum then divide in one pass), 1 MiB-1 GiB operands, next to a device-to-device copy
-  of the same operand (the physical limit); GB/s counts every byte read and written (reduce 3n, copy 2n);
+- ``kernels``: each device reduction kernel (``cupy``: a vectorized RawKernel for float32/float16 sum and avg,
+  ``numba_cuda``) for float32 and float16, ``sum`` and fused ``avg`` (sum then divide in one pass), 1 MiB-1 GiB
+  operands, next to a device-to-device copy of the same operand (``cupy.copyto``: the memory-bound reference);
+  GB/s counts every byte read and written (reduce 3n, copy 2n);
   CUDA-event timed, median of repeats;
 - ``staging``: host<->device copies from pageable vs pinned host memory, 1 MiB-256 MiB;
 - ``allreduce``: (``mpiexec -n 2``, ranks sharing the GPU) CuPy and Numba-CUDA arrays through every algorithm:
@@ -369,9 +370,19 @@ def bench_mlp(cfg, repeats):
                          "error": f"{type(e).__name__}: {e}"})
         _free(cupy)
     try:
-        rows.append(_torch(cupy, sizes_, batch, repeats))
-    except Exception as e:  # noqa: BLE001 - torch missing or without CUDA: a row, our rows still stand
-        rows.append({"section": "mlp", "impl": "torch", "error": f"{type(e).__name__}: {e}"})
+        import torch
+
+        cuda_ok = torch.cuda.is_available()
+    except ImportError:
+        torch, cuda_ok = None, False
+    if not cuda_ok:  # torch is optional: a skipped row, not a failure
+        why = "torch not installed" if torch is None else "torch sees no CUDA GPU (a CPU build)"
+        rows.append({"section": "mlp", "impl": "torch", "skipped": why})
+    else:
+        try:
+            rows.append(_torch(cupy, sizes_, batch, repeats))
+        except Exception as e:  # noqa: BLE001 - a failing peer is a row; our rows still stand
+            rows.append({"section": "mlp", "impl": "torch", "error": f"{type(e).__name__}: {e}"})
     ours = [r for r in rows if "step_ms" in r and r["impl"].startswith("ring")]
     torch_rows = [r for r in rows if "step_ms" in r and r["impl"].startswith("torch")]
     if ours and torch_rows:
@@ -384,7 +395,9 @@ def bench_mlp(cfg, repeats):
 # -- codecs -------------------------------------------------------------------------------------------------------
 def _codec_round_trips(ks, x, out, u, n):
     """name -> a callable running one encode + decode of ``x`` with kernel set ``ks``."""
-    chunk, s = 4096, 127
+    from ring_allreduce.compression.quantizers import QSGD
+
+    chunk, s = QSGD().chunk, 127  # the package's default QSGD bucket (512)
 
     def sign():
         bits, scale = ks.sign_encode(x)

@@ -67,6 +67,10 @@ found() { find "$SITE" "$@" 2>/dev/null | head -n 1; }
 SITE_PKG=$(dirname "$(dirname "$(found -path '*-packages/mpi4py/__init__.py')")" 2>/dev/null || true)
 SITE_BIN=$(dirname "$(found -name mpiexec -path '*/bin/*')" 2>/dev/null || true)
 SITE_LIB=$(dirname "$(found -name 'libmpi.so.12')" 2>/dev/null || true)
+if [ "$DRY" = 0 ] && { [ -z "$SITE_PKG" ] || [ -z "$SITE_BIN" ] || [ -z "$SITE_LIB" ]; }; then
+  echo "gpu_check.sh: the install left no mpi4py package, mpiexec or libmpi.so.12 under $SITE" >&2
+  exit 2
+fi
 export PYTHONPATH="$PWD:$SITE_PKG${PYTHONPATH:+:$PYTHONPATH}"
 export LD_LIBRARY_PATH="$SITE_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PATH="$SITE_BIN:$PATH"

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import shutil
 import signal
@@ -104,6 +103,19 @@ def _rank_pids(job_pid: int, want: int, deadline: float) -> list:
     raise RuntimeError(f"found fewer than {want} ranks under the launcher")
 
 
+def _mpi_rank(pid: int, default: int) -> int:
+    """The launcher's rank variable in the environment of process ``pid`` (``default`` when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            env = dict(kv.split(b"=", 1) for kv in fh.read().split(b"\0") if b"=" in kv)
+    except OSError:
+        return default
+    for var in (b"PMI_RANK", b"OMPI_COMM_WORLD_RANK", b"PMIX_RANK"):
+        if var in env and env[var].isdigit():
+            return int(env[var])
+    return default
+
+
 def _descends(pid: int, ancestor: int) -> bool:
     while pid > 1:
         if pid == ancestor:
@@ -128,6 +140,7 @@ def profile(args) -> dict:
     tmp = tempfile.mkdtemp(prefix="ra-prof-")
     try:
         pids = _rank_pids(job.pid, args.ranks, time.time() + 60)
+        pids = sorted(pids, key=lambda pid: _mpi_rank(pid, pid))  # index r below is MPI rank r
         time.sleep(args.warmup)
         spies = [subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(args.duration), "--rate",
                                    str(args.rate), "--format", "raw", "--output", os.path.join(tmp, f"{r}.txt")],

@@ -28,7 +28,8 @@ _EXTRA: dict = {}
 
 def register(name: str, *, is_array, synchronize, to_host, from_host, empty_like) -> None:
     """Register a device array backend: ``is_array(x) -> bool``, ``synchronize()`` (wait for the stream),
-    ``to_host(x) -> ndarray`` (a new array, after synchronizing), ``from_host(host, out)`` (may be asynchronous: the caller
+    ``to_host(x) -> ndarray`` (a new, writable, C-contiguous array, after synchronizing: the one-shot call reduces
+    into it), ``from_host(host, out)`` (may be asynchronous: the caller
     synchronizes), ``empty_like(x)``. Its arrays must expose ``__cuda_array_interface__`` (what mpi4py hands to
     MPI) and register a kernel (``kernels.DEFAULTS[name]``)."""
     _EXTRA[name] = BackendOps(is_array, synchronize, to_host, from_host, empty_like)
@@ -124,7 +125,9 @@ def host_buffer(backend: str, shape, dtype) -> np.ndarray:
         if backend == CUPY and n:
             import cupy
 
-            mem = cupy.cuda.alloc_pinned_memory(n * dtype.itemsize)
+            # outside CuPy's pinned pool, which keeps freed blocks page-locked for the life of the process: this
+            # buffer is unpinned when the last array viewing it goes
+            mem = cupy.cuda.PinnedMemoryPointer(cupy.cuda.PinnedMemory(n * dtype.itemsize), 0)
             return np.frombuffer(mem, dtype, n).reshape(shape)
         if backend == NUMBA_CUDA and n:
             from numba import cuda

@@ -399,6 +399,8 @@ class Plan:
         """Release the plan (an active run is completed first)."""
         self.wait()
         self.pool = {}
+        if self._host is not None:  # the (pinned) staging buffer goes with the plan
+            self._host = self.src = self.dst = None
         self._run = self._idle = _freed
 
     def __enter__(self):

@@ -18,8 +18,8 @@ def data(n, seed=0):
     return x
 
 
-def check_set(ks, n, to_dev, to_host):
-    """Compare every kernel of set ``ks`` with the NumPy reference on ``n`` elements."""
+def check_set(ks, n, to_dev, to_host, chunk=64):
+    """Compare every kernel of set ``ks`` with the NumPy reference on ``n`` elements (QSGD norms per ``chunk``)."""
     x = data(n)
     xd = to_dev(x)
     # sign
@@ -38,18 +38,18 @@ def check_set(ks, n, to_dev, to_host):
     out = to_dev(np.zeros(n, np.float32))
     ks.int8_decode(to_dev(rq), rs8, out)
     np.testing.assert_array_equal(to_host(out), ref.int8_decode(rq, rs8, np.zeros(n, np.float32)))
-    # qsgd, with the caller's uniform draws, one norm per chunk of 64 (several chunks, a partial last one)
+    # qsgd, with the caller's uniform draws, one norm per chunk (several chunks, a partial last one)
     u = np.random.default_rng(1).random(n, dtype=np.float32)
-    lv, norms = ks.qsgd_encode(xd, 5, to_dev(u), 64)
-    rlv, rnorms = ref.qsgd_encode(x, 5, u, 64)
+    lv, norms = ks.qsgd_encode(xd, 5, to_dev(u), chunk)
+    rlv, rnorms = ref.qsgd_encode(x, 5, u, chunk)
     np.testing.assert_allclose(np.asarray(norms), rnorms, rtol=1e-6)
     if np.array_equal(np.asarray(norms), rnorms):  # atomics may round a norm differently: then a level may move by 1
         np.testing.assert_array_equal(to_host(lv), rlv)
     else:
         assert np.abs(to_host(lv).astype(int) - rlv).max() <= 1
     out = to_dev(np.zeros(n, np.float32))
-    ks.qsgd_decode(to_dev(rlv), rnorms, 5, 64, out, False)
-    np.testing.assert_allclose(to_host(out), ref.qsgd_decode(rlv, rnorms, 5, 64, np.zeros(n, np.float32)), rtol=1e-6)
+    ks.qsgd_decode(to_dev(rlv), rnorms, 5, chunk, out, False)
+    np.testing.assert_allclose(to_host(out), ref.qsgd_decode(rlv, rnorms, 5, chunk, np.zeros(n, np.float32)), rtol=1e-6)
     # gather / scatter
     idx = np.unique(np.array([0, min(3, n - 1), n - 1], np.int32))
     np.testing.assert_array_equal(to_host(ks.gather(xd, to_dev(idx))), x[idx])
@@ -97,6 +97,15 @@ def test_numba_cuda_matches_reference_in_simulator():
 
     # 200 elements: two blocks of 128 threads for the elementwise kernels, one for the byte kernels
     check_set(kernel_sets.get("numba_cuda"), 200, cuda.to_device, lambda a: a.copy_to_host())
+
+
+@pytest.mark.cudasim
+def test_numba_cuda_block_sums_across_blocks_in_simulator():
+    """Three blocks of sign bytes (one atomic each into the scale) and QSGD chunks longer than a block (each
+    thread strides over its chunk more than once): the block sums must still equal the reference."""
+    from numba import cuda
+
+    check_set(kernel_sets.get("numba_cuda"), 3000, cuda.to_device, lambda a: a.copy_to_host(), chunk=300)
 
 
 @pytest.mark.gpu

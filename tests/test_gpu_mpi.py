@@ -32,6 +32,14 @@ def _device(backend):
     return cuda.to_device, lambda d: d.copy_to_host()
 
 
+def _refill(d, host):
+    """Copy ``host`` into the device array ``d`` in place."""
+    if hasattr(d, "copy_to_device"):
+        d.copy_to_device(host)
+    else:
+        d.set(host)
+
+
 @pytest.mark.parametrize("backend", ("cupy", "numba_cuda"))
 @pytest.mark.parametrize("algorithm", _algorithms())
 @pytest.mark.parametrize("dtype,op", (("float32", "sum"), ("float32", "avg"), ("float16", "avg"), ("int64", "sum"),
@@ -55,11 +63,16 @@ def test_device_allreduce_equals_the_host_run(backend, algorithm, dtype, op):
         ok = np.array_equal(to_host(got), expected, equal_nan=True) and np.array_equal(to_host(dx), x)
         all_ok(comm, ok, f"{backend} {algorithm} {op} {dtype} n={n}: device result equals the host run")
         assert_identical(comm, to_host(got), f"{backend} {algorithm} n={n}")
+        x2 = rank_input(12, comm.rank, n, dtype, op)
+        expected2 = ring_allreduce.allreduce(x2.copy(), comm, op=op, algorithm=algorithm)
         with ring_allreduce.allreduce_init(dx, comm, op=op, algorithm=algorithm) as plan:
             first = to_host(plan())
+            _refill(dx, x2)  # a plan reduces the buffer's current contents: the second run must stage them again
             second = to_host(plan.start().wait())
+        _refill(dx, x)
         all_ok(comm, np.array_equal(first, expected, equal_nan=True)
-               and np.array_equal(second, expected, equal_nan=True),
-               f"{backend} {algorithm} {op} {dtype} n={n}: plan (blocking and nonblocking) equals the host run")
+               and np.array_equal(second, expected2, equal_nan=True),
+               f"{backend} {algorithm} {op} {dtype} n={n}: plan (blocking, then nonblocking on new contents) equals "
+               f"the host run")
         ring_allreduce.allreduce(dx, comm, op=op, algorithm=algorithm, out=dx)
         all_ok(comm, np.array_equal(to_host(dx), expected, equal_nan=True), f"{backend} {algorithm} in place n={n}")

@@ -2,10 +2,10 @@
 
 Same conventions as :mod:`.codec_numpy`. Each set validates, allocates, then launches; nothing compiles or
 touches a GPU until a kernel is first used. Scales and norms come back to the host as float32 (one 4-byte copy):
-they go into the payload header, which is host memory anyway. Reductions (``sum |x|``, ``max |x|``, ``sum x^2``)
-sum within a block in shared memory (one atomic per block for ``sum |x|``, one block per QSGD chunk), so the
-float32 scale may differ from NumPy's in the last bits; the codes themselves are computed from
-that scale and are exact. QSGD norms come back as a host float32 array (one per chunk). Top-k selection is provided by the CuPy set only (``cupy.argpartition``).
+they go into the payload header, which is host memory anyway. ``sum |x|`` (sign) and ``sum x^2`` (QSGD norms)
+sum within a block in shared memory (one atomic per block for ``sum |x|``, one block per QSGD chunk); ``max |x|``
+(int8) still takes one atomic max per element. So the float32 scale may differ from NumPy's in the last bits; the
+codes themselves are computed from that scale and are exact. QSGD norms come back as a host float32 array (one per chunk). Top-k selection is provided by the CuPy set only (``cupy.argpartition``).
 """
 from __future__ import annotations
 
