@@ -120,6 +120,23 @@ def test_ranks_dead_before_the_first_report_are_named_only_while_some_rank_runs(
         zombie.wait()
 
 
+def test_the_first_wave_of_deaths_names_the_killed_ranks_unless_all_went_at_once():
+    assert launch.first_wave({2: 1.00, 3: 1.00, 0: 1.04, 1: 1.04}, [0, 1, 2, 3]) == [2, 3]
+    assert launch.first_wave({0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}, [0, 1, 2, 3]) == []  # one poll saw all go
+    assert launch.first_wave({}, [0, 1]) == []
+
+
+def test_a_survivor_named_by_the_launcher_is_moved_to_the_other_hosts():
+    """Open MPI's prterun names the survivor that called abort; its host's ranks reported the failed peer."""
+    h1, h2 = {"host": "h1", "hostname": "c-h1"}, {"host": "h2", "hostname": "c-h2"}
+    place = [(h1, [0, 1]), (h2, [2, 3])]
+    assert launch.off_reporters([0], {"c-h1"}, place) == [2, 3]
+    assert launch.off_reporters([2], {"c-h1"}, place) == [2]  # named off the reporters' hosts: kept
+    assert launch.off_reporters([0], set(), place) == [0]  # no survivor reported: kept
+    assert launch.off_reporters([0], {"c-h1", "c-h2"}, place) == [0]  # every host reported: nothing better
+    assert launch._REPORTER.search("[c-h1:00000] *** An error occurred in Socket closed").group(1) == "c-h1"
+
+
 @pytest.mark.parametrize("why", ["caps", "tool"])
 def test_without_root_or_iproute2_one_error_line_and_exit_2(monkeypatch, capsys, why):
     if why == "caps":

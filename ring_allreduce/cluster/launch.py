@@ -39,7 +39,8 @@ FAILURE = re.compile(r"ring-allreduce: rank \d+ (reports rank\(s\)|of \d+ failed
 #: who names the failed ranks in a failure line: the heartbeat names the ranks it lost; a rank that raised names
 #: itself (but a survivor whose peer died may raise too); the launcher names the dead, and also the survivor that
 #: called MPI_Abort. :func:`run` trusts, in this order (the first source that names anyone wins): heartbeat, raised,
-#: Open MPI's peer host, ranks dead when a survivor reported its error, the launcher's rank, the launcher's pid
+#: Open MPI's peer host, ranks dead when a survivor reported its error, the first ranks seen dead (polled every
+#: 20 ms), the launcher's rank (Open MPI: moved off the hosts whose ranks reported a failed peer), its pid
 _RANK_SOURCES = (
     (re.compile(r"reports rank\(s\) \[([\d, ]+)\]"),),
     (re.compile(r"rank (\d+) of \d+ failed"),),
@@ -48,8 +49,9 @@ _RANK_SOURCES = (
 )
 #: Open MPI: a survivor whose peer died prints the peer's host before aborting; names that host's ranks
 _PEER_HOST = re.compile(r"Peer host:\s+(\S+)")
-#: Open MPI: a survivor's error handler reports a failed peer (before prterun kills anyone)
+#: Open MPI: a survivor's error handler reports a failed peer (before prterun kills anyone): "[host:pid] *** ..."
 _SURVIVOR = re.compile(r"\*\*\* An error occurred in")
+_REPORTER = re.compile(r"^\[([^\]:]+):\d+\] \*\*\* An error occurred in")
 
 
 def gone(pid: int) -> bool:
@@ -65,6 +67,27 @@ def dead_first(rank_of: dict) -> list:
     """Ranks already gone when a survivor reports its error, if some rank still runs (else nothing is known)."""
     dead = {r for pid, r in rank_of.items() if gone(pid)}
     return sorted(dead) if dead and dead != set(rank_of.values()) else []
+
+
+def first_wave(died: dict, ranks) -> list:
+    """The ranks seen gone at the earliest poll (``died``: rank -> time first seen gone), unless every rank of the
+    job went at once (then nothing is known): a killed host's ranks die before the survivors that abort."""
+    if not died:
+        return []
+    t = min(died.values())
+    wave = {r for r, when in died.items() if when == t}
+    return sorted(wave) if wave != set(ranks) else []
+
+
+def off_reporters(ranks: list, reporters: set, place) -> list:
+    """Open MPI: the launcher names the survivor that called ``MPI_Abort``. When every rank it names is on a host
+    whose ranks reported a failed peer, the failure is on the other hosts: their ranks (else ``ranks``)."""
+    on = {r: h for h, rs in place for r in rs}
+    names = {r: {on[r]["hostname"], on[r]["host"]} for r in on}
+    if not ranks or not reporters or not all(names.get(r, set()) & reporters for r in ranks):
+        return ranks
+    others = [r for r in on if not names[r] & reporters]
+    return sorted(others) if others else ranks
 
 
 _PID = re.compile(r"PID (\d+) RUNNING AT|PID (\d+) on node")  # hydra / prterun name a dead rank by its pid
@@ -213,6 +236,8 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
     named = [[] for _ in _RANK_SOURCES] + [[]]  # ranks per source (last: a dead rank's pid the launcher printed)
     peers = []  # ranks on a host a survivor named as its dead peer (trusted before the launcher's report)
     early = []  # ranks already dead when a survivor first reported its error (the launcher names the survivor)
+    died = {}  # rank -> when it was first seen gone (polled while the job runs)
+    reporters = set()  # hosts whose ranks reported a failed peer (Open MPI)
     stream.write(f"ring-allreduce cluster: {describe(place)}\n")
     stream.flush()
     t0 = time.monotonic()
@@ -234,6 +259,9 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
                 scan_ranks(line, named)
             if _SURVIVOR.search(line) and not early:
                 early.extend(dead_first(dict(rank_of)))
+            m = _REPORTER.search(line.strip())
+            if m:
+                reporters.add(m.group(1))
             m = _PEER_HOST.search(line)
             if m:
                 peers.extend(r for h, rs in place if m.group(1) in (h["hostname"], h["host"]) for r in rs)
@@ -252,6 +280,10 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
             if now >= next_scan and not failed_at:  # which pid is which rank, to name a rank reported by pid
                 job_pids(st, job, rank_of)
                 next_scan = now + 0.5
+            if len(died) < len(rank_of):  # the order ranks die in: a killed host's go first
+                for pid, r in list(rank_of.items()):
+                    if r not in died and gone(pid):
+                        died[r] = now
             if failed_at and now - failed_at[0] > grace:
                 why = f"the launcher did not end the job {grace:g} s after the failure"
                 break
@@ -260,7 +292,7 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
                 if res.failure is None:
                     res.failure = why
                 break
-            time.sleep(0.1)
+            time.sleep(0.02)
     except BaseException:
         why = "interrupted"
         raise
@@ -274,7 +306,9 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
         rc = proc.returncode
         res.returncode = rc if rc > 0 else 128 - rc if rc < 0 else (1 if why or res.killed else 0)
         heartbeat, raised, launcher, by_pid = named
-        ranks = failed_ranks([heartbeat, raised, peers, early, launcher, by_pid])
+        wave = first_wave(died, rank_of.values()) if not early else []
+        launcher = off_reporters(launcher, reporters, place)
+        ranks = failed_ranks([heartbeat, raised, peers, early, wave, launcher, by_pid])
         res.failed_ranks = ranks
         res.failed_hosts = sorted({h["host"] for h, rs in place if set(rs) & set(ranks)})
         if why is not None or res.killed or (res.returncode and res.failure):
