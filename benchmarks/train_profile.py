@@ -105,15 +105,12 @@ def _rank_pids(job_pid: int, want: int, deadline: float) -> list:
 
 def _mpi_rank(pid: int, default: int) -> int:
     """The launcher's rank variable in the environment of process ``pid`` (``default`` when unreadable)."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            env = dict(kv.split(b"=", 1) for kv in fh.read().split(b"\0") if b"=" in kv)
-    except OSError:
-        return default
-    for var in (b"PMI_RANK", b"OMPI_COMM_WORLD_RANK", b"PMIX_RANK"):
-        if var in env and env[var].isdigit():
-            return int(env[var])
-    return default
+    from ring_allreduce.cluster.launch import _RANK_VARS
+    from ring_allreduce.cluster.net import environ
+
+    env = environ(pid)
+    r = next((env[v] for v in _RANK_VARS if v in env), "")
+    return int(r) if r.isdigit() else default
 
 
 def _descends(pid: int, ancestor: int) -> bool:

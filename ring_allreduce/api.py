@@ -150,7 +150,7 @@ def allreduce(x, comm=None, *, op="sum", algorithm="auto", out=None, check=None,
     via = None if isinstance(comm, MPI.Comm) else comm  # a counting proxy: send through it
     if s.staged:  # device array through host memory (to_host waits for the stream that wrote x)
         host = backends.to_host(x)  # a new host array (one copy), reduced in place
-        if not (host.flags.writeable and host.flags.c_contiguous) or host is x:
+        if not (host.flags.writeable and host.flags.c_contiguous):
             host = np.array(host, copy=True)
         hf = host.reshape(-1)
         reduce_flat(t, s, name, fn, hf, hf, via)

@@ -306,9 +306,8 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
         rc = proc.returncode
         res.returncode = rc if rc > 0 else 128 - rc if rc < 0 else (1 if why or res.killed else 0)
         heartbeat, raised, launcher, by_pid = named
-        wave = first_wave(died, rank_of.values()) if not early else []
         launcher = off_reporters(launcher, reporters, place)
-        ranks = failed_ranks([heartbeat, raised, peers, early, wave, launcher, by_pid])
+        ranks = failed_ranks([heartbeat, raised, peers, early, first_wave(died, rank_of.values()), launcher, by_pid])
         res.failed_ranks = ranks
         res.failed_hosts = sorted({h["host"] for h, rs in place if set(rs) & set(ranks)})
         if why is not None or res.killed or (res.returncode and res.failure):
