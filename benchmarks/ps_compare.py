@@ -207,13 +207,50 @@ def run_one(args, layout_: str, task: str, mode: str, flags: list, straggle: boo
         row["clock_gap_max"] = res["ps"]["clock_gap_max"]
     if after:
         row["link_bytes_per_host_step"] = {h: (after[h] - before.get(h, 0)) / steps for h in after}
+    row["seed"] = args.seed
+    row["epochs_to_target"] = None
     elapsed, target = 0.0, args.target[task]
-    for h in res["history"]:
+    for epoch, h in enumerate(res["history"], 1):
         elapsed += h["time_s"]
         if h["test_accuracy"] is not None and h["test_accuracy"] >= target:
-            row["time_to_target_s"] = elapsed
+            row["time_to_target_s"], row["epochs_to_target"] = elapsed, epoch
             break
     return row
+
+
+def seed_summary(rows: list) -> list:
+    """Per (layout, task, mode, straggle) over seeds: median time and epochs to target, the medians of the median
+    and mean step, and the median over seeds of the time ratio to BSP with the same servers (PS) or to the ring."""
+    groups = {}
+    for r in rows:
+        if "failed" not in r:
+            groups.setdefault((r["layout"], r["task"], r["mode"], r["straggle"]), []).append(r)
+    by_seed = {(k, r["seed"]): r for k, rs in groups.items() for r in rs}
+    out = []
+    for (lay, task, mode, slow), rs in groups.items():
+        base = mode.split("-")[0] + "-bsp" if mode.startswith("ps") else "allreduce-ring"
+        ratios = []
+        for r in rs:
+            b = by_seed.get(((lay, task, base, slow), r["seed"]))
+            if b and b["time_to_target_s"] and r["time_to_target_s"]:
+                ratios.append(r["time_to_target_s"] / b["time_to_target_s"])
+        ttt = [r["time_to_target_s"] for r in rs if r["time_to_target_s"] is not None]
+        ept = [r["epochs_to_target"] for r in rs if r["epochs_to_target"] is not None]
+        out.append({"layout": lay, "task": task, "mode": mode, "straggle": slow, "seeds": [r["seed"] for r in rs],
+                    "reached": len(ttt), "median_time_to_target_s": float(np.median(ttt)) if ttt else None,
+                    "epochs_to_target": ept, "median_step_s": float(np.median([r["median_step_s"] for r in rs])),
+                    "mean_step_s": float(np.median([r["mean_step_s"] for r in rs])),
+                    "baseline": base, "ratio_to_baseline": ratios,
+                    "median_ratio": float(np.median(ratios)) if ratios else None})
+    return out
+
+
+def fmt_summary(g: dict) -> str:
+    med = "-" if g["median_time_to_target_s"] is None else f"{g['median_time_to_target_s']:.2f}"
+    ratio = "-" if g["median_ratio"] is None else f"{g['median_ratio']:.2f}"
+    return (f"| {g['layout']} | {g['task']} | {g['mode']}{' (straggler)' if g['straggle'] else ''} | "
+            f"{g['reached']}/{len(g['seeds'])} | {med} | {','.join(map(str, g['epochs_to_target'])) or '-'} | "
+            f"{1e3 * g['median_step_s']:.1f} | {1e3 * g['mean_step_s']:.1f} | {ratio} (vs {g['baseline']}) |")
 
 
 def fmt(row: dict) -> str:
@@ -241,7 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--link", default="1gbit", help="link rate of every emulated host (cluster launcher)")
     ap.add_argument("--layouts", default="2x2,4x1", help="HOSTSxRANKS_PER_HOST, comma-separated")
     ap.add_argument("--tasks", default="digits,synthetic")
-    ap.add_argument("--modes", default=",".join(MODES), help=f"subset of: {', '.join(MODES)}")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"subset of: {', '.join(MODES)} (given, the straggler runs leave out "
+                         "allreduce-ring-backup1)")
     ap.add_argument("--no-straggle", dest="straggle", action="store_false", help="skip the 5x straggler runs")
     ap.add_argument("--factor", type=float, default=5.0, help="slowdown of the last rank (default 5)")
     ap.add_argument("--straggle-spec", default=None,
@@ -257,6 +295,10 @@ def main(argv=None) -> int:
     # measured here (p=2, ring, hidden 256, batch 64): 72.7% test accuracy after 3 epochs, 75.3% after 6
     ap.add_argument("--target-synthetic", type=float, default=0.70)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None,
+                    help="comma-separated seeds: every run once per seed, then a per-mode summary over seeds "
+                         "(time to target is counted in whole epochs, so one seed can move it by an epoch)")
+    ap.add_argument("--only-straggle", action="store_true", help="skip the runs without the straggler")
     ap.add_argument("--timeout", type=float, default=600, help="per run, seconds (a run past it is a failed row)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--quick", action="store_true",
@@ -268,6 +310,10 @@ def main(argv=None) -> int:
             args.layouts = "4x1"
     args.target = {"digits": args.target_digits, "synthetic": args.target_synthetic}
     modes = [m for m in args.modes.split(",") if m]
+    args.modes_given = args.modes != ap.get_default("modes")
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
+    if args.only_straggle and not args.straggle:
+        ap.error("--only-straggle with --no-straggle runs nothing")
     bad = [m for m in modes if m not in MODES]
     if bad:
         ap.error(f"unknown mode(s) {bad}; valid: {', '.join(MODES)}")
@@ -281,23 +327,33 @@ def main(argv=None) -> int:
             cluster(args, "up", "--hosts", str(hosts_n), "--link", args.link)
         try:
             for task in args.tasks.split(","):
-                runs = [(m, MODES[m], False) for m in modes]
+                runs = [] if args.only_straggle else [(m, MODES[m], False) for m in modes]
                 if args.straggle:
-                    runs += [(m, MODES[m], True) for m in modes] + [(m, f, True) for m, f in STRAGGLE_ONLY.items()]
-                for mode, flags, slow in runs:
-                    try:
-                        rows.append(run_one(args, layout_, task, mode, flags, slow))
-                    except (RuntimeError, subprocess.TimeoutExpired) as e:  # one failed run is a row, not the end
-                        why = str(e).strip().splitlines()
-                        rows.append({"layout": layout_, "task": task, "mode": mode, "straggle": slow,
-                                     "failed": why[-1][:300] if why else type(e).__name__})
-                    print(fmt(rows[-1]), flush=True)
+                    runs += [(m, MODES[m], True) for m in modes]
+                    if not args.modes_given:
+                        runs += [(m, f, True) for m, f in STRAGGLE_ONLY.items()]
+                for seed in seeds:  # seeds outermost: the modes of one seed run next to each other (interleaved)
+                    args.seed = seed
+                    for mode, flags, slow in runs:
+                        try:
+                            rows.append(run_one(args, layout_, task, mode, flags, slow))
+                        except (RuntimeError, subprocess.TimeoutExpired) as e:  # a failed run is a row, not the end
+                            why = str(e).strip().splitlines()
+                            rows.append({"layout": layout_, "task": task, "mode": mode, "straggle": slow,
+                                         "seed": seed, "failed": why[-1][:300] if why else type(e).__name__})
+                        print(fmt(rows[-1]), flush=True)
         finally:
             if args.launcher == "cluster":
                 cluster(args, "down")
+    summary = seed_summary(rows) if len(seeds) > 1 else None
+    if summary:
+        print("\n| layout | task | mode | reached | median time to target (s) | epochs to target, per seed "
+              "| median step (ms) | median ratio over seeds |\n|---|---|---|---|---|---|---|---|")
+        for g in summary:
+            print(fmt_summary(g))
     if args.json:
         write_json(args.json, {"benchmark": "ps_compare", "argv": sys.argv, "settings": vars(args), "rows": rows,
-                               "load1_at_start": os.getloadavg()[0]})
+                               "summary": summary, "load1_at_start": os.getloadavg()[0]})
     return 0
 
 

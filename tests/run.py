@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIERS = ("unit", "mpi", "cudasim", "gpu", "slurm", "cluster")
 MPI_ONLY = "mpi and not cudasim and not gpu and not slurm"
-CORE_TESTS = ["tests/test_allreduce_mpi.py", "tests/test_errors_mpi.py"]
+CORE_TESTS = ["tests/test_allreduce_mpi.py", "tests/test_errors_mpi.py", "tests/test_fuzz_mpi.py"]
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 
 

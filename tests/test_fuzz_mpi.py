@@ -1,0 +1,180 @@
+"""Random calls, agreed or disagreeing on one rank: every rank ends the same way, and nothing hangs.
+
+A generator seeded the same on every rank draws each call: count (0, 1, p-1, p+1, odd, large), dtype, op,
+algorithm (every registered one and ``auto``), kernel, entry point (one-shot with and without the agreement check,
+plan, nonblocking plan, ``iallreduce``), in place or not, flat or 2-D. Half of the calls then give one rank one
+thing different or wrong: count, dtype, op, algorithm, kernel, a read-only ``out`` (or read-only ``x`` in place),
+a non-contiguous ``x``, an ``out`` of the wrong shape. The seed is printed in every failure message.
+
+* Agreed calls must equal ``MPI.Allreduce``'s integers exactly (integer ``avg`` floor-divides the sum) and leave
+  bit-identical floats on every rank, within the rounding bound of a p-term sum of the float64 reference.
+* Disagreeing calls (checked entry points only: with the check off a disagreement is the caller's error, as in MPI)
+  must raise the same ``MismatchError``/``ArgumentError``, message included, on every rank; afterwards the
+  communicator still works (the next call is a normal one).
+
+Repeated signatures go through the one-shot cache's hot path, so both the first (validated) call and the cached
+call of a signature are exercised. ``RA_FUZZ_CASES`` / ``RA_FUZZ_SEED`` change the amount and the draw.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from ring_allreduce import ArgumentError, MismatchError, algorithms, allreduce, allreduce_init, iallreduce
+from tests.mpi_util import rank_input
+
+pytestmark = pytest.mark.mpi
+
+DTYPES = (np.float16, np.float32, np.float64, np.int32, np.int64)
+OPS = ("sum", "avg", "prod", "min", "max")
+PATHS = ("oneshot", "oneshot-nocheck", "plan", "plan-start", "iallreduce")
+FAULTS = ("count", "dtype", "op", "algorithm", "kernel", "readonly", "noncontiguous", "out-shape")
+LOCAL_FAULTS = ("readonly", "noncontiguous", "out-shape")  # a single rank can get these wrong by itself
+CASES = int(os.environ.get("RA_FUZZ_CASES", "48"))
+SEED = int(os.environ.get("RA_FUZZ_SEED", "20261130"))
+
+
+@pytest.fixture(scope="module")
+def comm():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def draw(rng, p):
+    """One call's description (the same on every rank) and, maybe, its fault on one rank."""
+    n = int(rng.choice([0, 1, max(p - 1, 1), p + 1, 7, 1000, 4099, 65_537]))
+    case = {
+        "n": n, "dtype": DTYPES[rng.integers(len(DTYPES))], "op": OPS[rng.integers(len(OPS))],
+        "algorithm": str(rng.choice(["auto", "auto", *algorithms.names()])),
+        "kernel": [None, "numpy", "numba"][rng.integers(3)], "path": PATHS[rng.integers(len(PATHS))],
+        "inplace": bool(rng.integers(2)), "shape2d": bool(rng.integers(2)) and n % 2 == 0 and n > 0,
+        "fault": None, "bad_rank": int(rng.integers(p)),
+    }
+    if case["path"] != "oneshot-nocheck" and rng.random() < 0.5:
+        choices = FAULTS if p > 1 else LOCAL_FAULTS
+        case["fault"] = choices[rng.integers(len(choices))]
+        if case["fault"] == "out-shape":
+            case["inplace"] = False
+        if case["fault"] == "noncontiguous" and n < 2:  # 0 or 1 element: every view is contiguous
+            case["fault"] = "readonly"
+        if case["fault"] == "kernel" and case["kernel"] is None:  # the default may be either: name one
+            case["kernel"] = "numpy"
+    return case
+
+
+def other(values, current, rng):
+    rest = [v for v in values if v != current]
+    return rest[rng.integers(len(rest))]
+
+
+def build(case, rank, p, rng):
+    """This rank's (x, out, kwargs) for the case, its fault applied if it is the bad rank."""
+    n, dtype, op, algorithm, kernel = case["n"], case["dtype"], case["op"], case["algorithm"], case["kernel"]
+    mine = case["fault"] if rank == case["bad_rank"] else None
+    if mine == "count":
+        n += 1
+    elif mine == "dtype":
+        dtype = other(DTYPES, dtype, rng)
+    elif mine == "op":
+        op = other(OPS, op, rng)
+    elif mine == "algorithm":
+        algorithm = other(["auto", *algorithms.names()], algorithm, rng)
+    elif mine == "kernel":
+        kernel = "numba" if kernel in (None, "numpy") else "numpy"
+    x = rank_input(case["seed"], rank, n, dtype, case["op"])
+    if case["shape2d"] and x.size == case["n"]:
+        x = x.reshape(2, -1)
+    if mine == "noncontiguous":
+        wide = np.empty(2 * x.size, x.dtype)
+        wide[::2] = x.reshape(-1)
+        x = wide[::2]
+    if case["inplace"]:
+        out = x
+    else:
+        out = np.empty(x.size + 1 if mine == "out-shape" else x.shape, x.dtype)
+    if mine == "readonly":
+        out.flags.writeable = False
+    return x, out, {"op": op, "algorithm": algorithm, "kernel": kernel}
+
+
+def run_call(case, x, out, kw, comm):
+    path = case["path"]
+    if path in ("oneshot", "oneshot-nocheck"):
+        return allreduce(x, comm, out=out, check=path == "oneshot", **kw)
+    if path == "iallreduce":
+        return iallreduce(x, comm, out=out, **kw).wait()
+    with allreduce_init(x, comm, out=out, **kw) as plan:
+        if path == "plan":
+            return plan()
+        plan.start()
+        while not plan.test():
+            pass
+        return plan.wait()
+
+
+def reference(case, p):
+    """Every rank's inputs rebuilt here: the exact (integer) or float64 reference and a rounding bound."""
+    dt = np.dtype(case["dtype"])
+    xs = [rank_input(case["seed"], r, case["n"], dt, case["op"]) for r in range(p)]
+    if dt.kind == "i":
+        acc = [v.astype(np.int64) for v in xs]
+        if case["op"] in ("sum", "avg"):
+            ref = np.sum(acc, axis=0)
+            if case["op"] == "avg":
+                ref = ref // p
+        elif case["op"] == "prod":
+            ref = np.prod(acc, axis=0)
+        else:
+            ref = (np.min if case["op"] == "min" else np.max)(acc, axis=0)
+        return ref.astype(dt), 0.0
+    f = np.array([v.astype(np.float64) for v in xs]).reshape(p, -1)
+    if case["op"] in ("min", "max"):
+        return (np.min if case["op"] == "min" else np.max)(f, axis=0), np.zeros(f.shape[1])
+    if case["op"] == "prod":
+        return np.prod(f, axis=0), np.zeros(f.shape[1])  # products of small integers: exact
+    ref = f.sum(axis=0) / (p if case["op"] == "avg" else 1)
+    eps = float(np.finfo(dt).eps)
+    bound = 2 * (p + 1) * eps * np.abs(f).sum(axis=0) / (p if case["op"] == "avg" else 1) + eps
+    return ref, bound
+
+
+def test_random_calls_end_the_same_on_every_rank(comm):
+    p, rank = comm.size, comm.rank
+    rng = np.random.default_rng([SEED, p])
+    failures = []
+    for i in range(CASES):
+        case = draw(rng, p)
+        case["seed"] = SEED + i
+        fault_rng = np.random.default_rng([SEED, p, i])  # the same on every rank: only the bad rank uses it
+        x, out, kw = build(case, rank, p, fault_rng)
+        try:
+            res = run_call(case, x, out, kw, comm)
+            outcome = None
+        except (MismatchError, ArgumentError) as e:
+            res, outcome = None, (type(e).__name__, str(e))
+        outcomes = comm.allgather(outcome)
+        where = f"case {i} (RA_FUZZ_SEED={SEED}): {case}"
+        if case["fault"] is not None:
+            if any(o is None for o in outcomes) or len(set(outcomes)) != 1:
+                failures.append(f"{where}: expected one error everywhere, got {outcomes}")
+            continue
+        if any(o is not None for o in outcomes):
+            failures.append(f"{where}: an agreed call raised: {outcomes}")
+            continue
+        flat = np.ascontiguousarray(res).reshape(-1)
+        if res.shape != x.shape or res.dtype != x.dtype:
+            failures.append(f"{where}: result shape/dtype {res.shape} {res.dtype}")
+        everyone = comm.allgather(flat.tobytes())
+        if len(set(everyone)) != 1:
+            failures.append(f"{where}: results differ across ranks")
+        ref, bound = reference(case, p)
+        if flat.dtype.kind == "i":
+            if not np.array_equal(flat, ref):
+                failures.append(f"{where}: integers differ from the exact reduction")
+        else:
+            err = np.abs(flat.astype(np.float64) - ref)
+            if not np.all(err <= bound):
+                worst = int(np.argmax(err - bound))
+                failures.append(f"{where}: element {worst} is {flat[worst]!r}, reference {ref[worst]!r}")
+    assert not failures, f"{len(failures)} of {CASES} calls went wrong:\n" + "\n".join(failures[:10])
