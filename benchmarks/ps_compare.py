@@ -348,7 +348,7 @@ def main(argv=None) -> int:
     summary = seed_summary(rows) if len(seeds) > 1 else None
     if summary:
         print("\n| layout | task | mode | reached | median time to target (s) | epochs to target, per seed "
-              "| median step (ms) | median ratio over seeds |\n|---|---|---|---|---|---|---|---|")
+              "| median step (ms) | mean step (ms) | median ratio over seeds |\n|---|---|---|---|---|---|---|---|---|")
         for g in summary:
             print(fmt_summary(g))
     if args.json:

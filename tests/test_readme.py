@@ -36,6 +36,7 @@ SKIP = {
     "sudo ": "needs root: brings up emulated hosts (the cluster tier runs the same commands' code paths)",
     "python benchmarks/ps_compare.py --json": "brings up the emulated cluster and measures for many minutes",
     "python benchmarks/ps_compare.py --straggle-spec": "brings up the emulated cluster and measures for many minutes",
+    "python benchmarks/ps_compare.py --layouts": "brings up the emulated cluster and measures for many minutes",
     "python benchmarks/ps_compare.py --launcher mpiexec --quick": "a 2-minute smoke run of every mode (the modes are tested by tests/test_ps_*)",
 }
 #: (pattern on the command as written, arguments appended to shorten it)
