@@ -156,3 +156,33 @@ def test_status_of_a_cluster_that_is_not_up_says_how_to_start_one(monkeypatch, t
     monkeypatch.setattr(net, "preflight", lambda: None)
     assert ccli.main(["status", "--name", "nothere"]) == 2
     assert "cluster up --hosts N --name nothere" in capsys.readouterr().err
+
+
+def test_the_job_is_over_only_once_its_exiting_processes_left_the_hosts(monkeypatch):
+    """A process in the middle of exiting reads an empty environment but is still on its host: wait it out."""
+    from ring_allreduce.cluster import launch
+
+    st = {"hosts": [{"host": "h1", "netns": "ns1"}]}
+    polls = {"n": 0}
+    envs = {11: {launch.JOB_ENV: "j"}, 12: {}}  # 11: still running (killed below); 12: already exiting
+
+    def netns_pids(ns):
+        polls["n"] += 1
+        return [pid for pid in envs if pid != 12 or polls["n"] < 8]  # 12 leaves after a few polls
+
+    def kill_pids(pids, sig=None):
+        for pid in pids:
+            envs.pop(pid, None)
+
+    monkeypatch.setattr(launch.net, "netns_pids", netns_pids)
+    monkeypatch.setattr(launch.net, "environ", lambda pid: envs.get(pid, {}))
+    monkeypatch.setattr(launch.net, "kill_pids", kill_pids)
+    killed = launch._end_leftovers(st, "j", quick=True)
+    assert killed == {"h1": [11]}
+    assert polls["n"] >= 8  # returned only after the exiting process had gone
+    envs[13] = {}  # a process that never leaves (not ours to kill): the wait is bounded
+    t0 = time.monotonic()
+    polls["n"] = 100
+    envs.pop(12, None)
+    assert launch._end_leftovers(st, "j", quick=True) == {}
+    assert time.monotonic() - t0 < 3.5

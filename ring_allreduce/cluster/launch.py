@@ -188,15 +188,19 @@ class JobResult:
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 
-def job_pids(st: dict, job: str, ranks=None) -> dict:
+def job_pids(st: dict, job: str, ranks=None, exiting=None) -> dict:
     """``{host name: [pid, ...]}`` of the processes of job ``job`` still running on the hosts.
 
     ``ranks``: a dict that gains ``pid -> rank`` for each process that is an MPI rank (from its environment).
+    ``exiting``: a set that gains the pids whose environment reads empty: processes in the middle of exiting (their
+    memory, and so their environment, is released before they leave the host's network namespace).
     """
     found = {}
     for h in st["hosts"]:
         for pid in net.netns_pids(h["netns"]):
             env = net.environ(pid)
+            if not env and exiting is not None:
+                exiting.add(pid)
             if env.get(JOB_ENV) != job:
                 continue
             found.setdefault(h["host"], []).append(pid)
@@ -342,6 +346,14 @@ def _end_leftovers(st: dict, job: str, quick: bool) -> dict:
             killed.setdefault(hostname, set()).update(pids)
         time.sleep(0.05)
         left = job_pids(st, job)
+    # processes still exiting (ours, killed or ending by themselves) are on the hosts a little longer: return once
+    # they are gone, so that the hosts are clean when the job is reported over (bounded: never wait on a stranger)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        exiting = set()
+        if not job_pids(st, job, exiting=exiting) and not exiting:
+            break
+        time.sleep(0.02)
     return {h: sorted(p) for h, p in killed.items()}
 
 
