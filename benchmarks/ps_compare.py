@@ -218,42 +218,62 @@ def run_one(args, layout_: str, task: str, mode: str, flags: list, straggle: boo
     return row
 
 
+def _median(values):
+    """Median of the values that are not None (None when there are none); inf counts (a run that never reached)."""
+    vals = [v for v in values if v is not None]
+    return float(np.median(vals)) if vals else None
+
+
 def seed_summary(rows: list) -> list:
     """Per (layout, task, mode, straggle) over seeds: median time and epochs to target, the medians of the median
-    and mean step, and the median over seeds of the time ratio to BSP with the same servers (PS) or to the ring."""
+    and mean step, and the median over seeds of the time ratio to BSP with the same servers (PS) or to the ring.
+
+    A run that failed or never reached the target counts as an infinite time (so medians are not taken over the
+    lucky seeds only); ``epochs_to_target`` lists one entry per seed, None where the target was not reached.
+    """
     groups = {}
     for r in rows:
-        if "failed" not in r:
-            groups.setdefault((r["layout"], r["task"], r["mode"], r["straggle"]), []).append(r)
-    by_seed = {(k, r["seed"]): r for k, rs in groups.items() for r in rs}
+        groups.setdefault((r["layout"], r["task"], r["mode"], r["straggle"]), []).append(r)
+
+    def ttt(r):
+        return float("inf") if "failed" in r or r.get("time_to_target_s") is None else r["time_to_target_s"]
+
+    by_seed = {(k, r.get("seed")): r for k, rs in groups.items() for r in rs}
     out = []
     for (lay, task, mode, slow), rs in groups.items():
         base = mode.split("-")[0] + "-bsp" if mode.startswith("ps") else "allreduce-ring"
         ratios = []
         for r in rs:
-            b = by_seed.get(((lay, task, base, slow), r["seed"]))
-            if b and b["time_to_target_s"] and r["time_to_target_s"]:
-                ratios.append(r["time_to_target_s"] / b["time_to_target_s"])
-        ttt = [r["time_to_target_s"] for r in rs if r["time_to_target_s"] is not None]
-        ept = [r["epochs_to_target"] for r in rs if r["epochs_to_target"] is not None]
-        out.append({"layout": lay, "task": task, "mode": mode, "straggle": slow, "seeds": [r["seed"] for r in rs],
-                    "reached": len(ttt), "median_time_to_target_s": float(np.median(ttt)) if ttt else None,
-                    "epochs_to_target": ept, "median_step_s": float(np.median([r["median_step_s"] for r in rs])),
-                    "mean_step_s": float(np.median([r["mean_step_s"] for r in rs])),
+            b = by_seed.get(((lay, task, base, slow), r.get("seed")))
+            if b is not None and ttt(b) != float("inf"):
+                ratios.append(ttt(r) / ttt(b))
+        times = [ttt(r) for r in rs]
+        med = _median(times)
+        ok = [r for r in rs if "failed" not in r]
+        out.append({"layout": lay, "task": task, "mode": mode, "straggle": slow, "seeds": [r.get("seed") for r in rs],
+                    "failed": len(rs) - len(ok), "reached": sum(t != float("inf") for t in times),
+                    "median_time_to_target_s": None if med in (None, float("inf")) else med,
+                    "epochs_to_target": [r.get("epochs_to_target") for r in rs],
+                    "median_step_s": _median([r.get("median_step_s") for r in ok]),
+                    "mean_step_s": _median([r.get("mean_step_s") for r in ok]),  # the median of the runs' means
                     "baseline": base, "ratio_to_baseline": ratios,
-                    "median_ratio": float(np.median(ratios)) if ratios else None})
+                    "median_ratio": _median(ratios)})
     return out
 
 
 def fmt_summary(g: dict) -> str:
+    def ms(v):
+        return "-" if v is None else f"{1e3 * v:.1f}"
+
     med = "-" if g["median_time_to_target_s"] is None else f"{g['median_time_to_target_s']:.2f}"
     ratio = "-" if g["median_ratio"] is None else f"{g['median_ratio']:.2f}"
+    epochs = ",".join("-" if e is None else str(e) for e in g["epochs_to_target"])
     return (f"| {g['layout']} | {g['task']} | {g['mode']}{' (straggler)' if g['straggle'] else ''} | "
-            f"{g['reached']}/{len(g['seeds'])} | {med} | {','.join(map(str, g['epochs_to_target'])) or '-'} | "
-            f"{1e3 * g['median_step_s']:.1f} | {1e3 * g['mean_step_s']:.1f} | {ratio} (vs {g['baseline']}) |")
+            f"{g['reached']}/{len(g['seeds'])} | {med} | {epochs} | "
+            f"{ms(g['median_step_s'])} | {ms(g['mean_step_s'])} | {ratio} (vs {g['baseline']}) |")
 
 
-def fmt(row: dict) -> str:
+def fmt(row: dict, show_seed: bool = False) -> str:
     if "failed" in row:
         return (f"| {row['layout']} | {row['task']} | {row['mode']}{' (straggler)' if row['straggle'] else ''} | "
                 f"failed: {row['failed']} |")
@@ -264,7 +284,8 @@ def fmt(row: dict) -> str:
     ttt = "-" if row["time_to_target_s"] is None else f"{row['time_to_target_s']:.1f}"
     step = "-" if row["median_step_s"] is None else f"{1e3 * row['median_step_s']:.1f}"
     mean = "-" if row["mean_step_s"] is None else f"{1e3 * row['mean_step_s']:.1f}"
-    return (f"| {row['layout']} | {row['task']} | {row['mode']}{' (straggler)' if row['straggle'] else ''} | "
+    seed = f" (seed {row['seed']})" if show_seed else ""
+    return (f"| {row['layout']} | {row['task']} | {row['mode']}{' (straggler)' if row['straggle'] else ''}{seed} | "
             f"{kb(row['bytes_per_host_step'])} | {kb(row['analytical_per_host_step'])} | "
             f"{kb(row.get('cross_host_analytical_per_step'))} | {kb(row.get('link_bytes_per_host_step'))} | "
             f"{step} | {mean} | {ttt} | "
@@ -278,8 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--link", default="1gbit", help="link rate of every emulated host (cluster launcher)")
     ap.add_argument("--layouts", default="2x2,4x1", help="HOSTSxRANKS_PER_HOST, comma-separated")
     ap.add_argument("--tasks", default="digits,synthetic")
-    ap.add_argument("--modes", default=",".join(MODES), help=f"subset of: {', '.join(MODES)} (given, the straggler runs leave out "
-                         "allreduce-ring-backup1)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"subset of: {', '.join(MODES)}, and {', '.join(STRAGGLE_ONLY)} for the straggler runs "
+                         "(in them by default)")
     ap.add_argument("--no-straggle", dest="straggle", action="store_false", help="skip the 5x straggler runs")
     ap.add_argument("--factor", type=float, default=5.0, help="slowdown of the last rank (default 5)")
     ap.add_argument("--straggle-spec", default=None,
@@ -314,9 +335,9 @@ def main(argv=None) -> int:
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     if args.only_straggle and not args.straggle:
         ap.error("--only-straggle with --no-straggle runs nothing")
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in MODES and m not in STRAGGLE_ONLY]
     if bad:
-        ap.error(f"unknown mode(s) {bad}; valid: {', '.join(MODES)}")
+        ap.error(f"unknown mode(s) {bad}; valid: {', '.join([*MODES, *STRAGGLE_ONLY])}")
     rows = []
     print("| layout | task | mode | B/host/step (kB, transport) | analytical | to other hosts, analytical | link "
           "| median step (ms) | mean step (ms) | time to target (s) | final accuracy |\n"
@@ -327,11 +348,10 @@ def main(argv=None) -> int:
             cluster(args, "up", "--hosts", str(hosts_n), "--link", args.link)
         try:
             for task in args.tasks.split(","):
-                runs = [] if args.only_straggle else [(m, MODES[m], False) for m in modes]
+                runs = [] if args.only_straggle else [(m, MODES[m], False) for m in modes if m in MODES]
                 if args.straggle:
-                    runs += [(m, MODES[m], True) for m in modes]
-                    if not args.modes_given:
-                        runs += [(m, f, True) for m, f in STRAGGLE_ONLY.items()]
+                    runs += [(m, MODES[m], True) for m in modes if m in MODES]
+                    runs += [(m, f, True) for m, f in STRAGGLE_ONLY.items() if m in modes or not args.modes_given]
                 for seed in seeds:  # seeds outermost: the modes of one seed run next to each other (interleaved)
                     args.seed = seed
                     for mode, flags, slow in runs:
@@ -341,10 +361,11 @@ def main(argv=None) -> int:
                             why = str(e).strip().splitlines()
                             rows.append({"layout": layout_, "task": task, "mode": mode, "straggle": slow,
                                          "seed": seed, "failed": why[-1][:300] if why else type(e).__name__})
-                        print(fmt(rows[-1]), flush=True)
+                        print(fmt(rows[-1], show_seed=len(seeds) > 1), flush=True)
         finally:
             if args.launcher == "cluster":
                 cluster(args, "down")
+    args.seed = seeds if len(seeds) > 1 else seeds[0]  # the settings record every seed
     summary = seed_summary(rows) if len(seeds) > 1 else None
     if summary:
         print("\n| layout | task | mode | reached | median time to target (s) | epochs to target, per seed "
