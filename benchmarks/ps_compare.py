@@ -331,7 +331,7 @@ def main(argv=None) -> int:
             args.layouts = "4x1"
     args.target = {"digits": args.target_digits, "synthetic": args.target_synthetic}
     modes = [m for m in args.modes.split(",") if m]
-    args.modes_given = args.modes != ap.get_default("modes")
+    modes_given = args.modes != ap.get_default("modes")
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     if args.only_straggle and not args.straggle:
         ap.error("--only-straggle with --no-straggle runs nothing")
@@ -351,7 +351,7 @@ def main(argv=None) -> int:
                 runs = [] if args.only_straggle else [(m, MODES[m], False) for m in modes if m in MODES]
                 if args.straggle:
                     runs += [(m, MODES[m], True) for m in modes if m in MODES]
-                    runs += [(m, f, True) for m, f in STRAGGLE_ONLY.items() if m in modes or not args.modes_given]
+                    runs += [(m, f, True) for m, f in STRAGGLE_ONLY.items() if m in modes or not modes_given]
                 for seed in seeds:  # seeds outermost: the modes of one seed run next to each other (interleaved)
                     args.seed = seed
                     for mode, flags, slow in runs:

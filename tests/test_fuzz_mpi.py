@@ -7,7 +7,7 @@ one thing different or wrong: count, dtype, op, algorithm, kernel, a read-only `
 place), a non-contiguous ``x``, an ``out`` of the wrong shape. The seed and p are in every failure message.
 
 * Agreed calls must equal ``MPI.Allreduce``'s integers exactly (integer ``avg`` floor-divides the sum) and leave
-  bit-identical floats on every rank, within the rounding bound of a p-term sum of the float64 reference; the
+  bit-identical floats on every rank, within the rounding bound of ``test_allreduce_mpi.reference``; the
   result is ``out`` when one is given (``x`` in place) and an out-of-place call leaves ``x`` as it was.
 * Disagreeing calls (checked entry points only: with the check off a disagreement is the caller's error, as in MPI)
   must raise the same error, message included, on every rank: ``MismatchError`` for a different argument,
@@ -25,6 +25,7 @@ import pytest
 
 from ring_allreduce import ArgumentError, MismatchError, algorithms, allreduce, allreduce_init, iallreduce, kernels
 from tests.mpi_util import rank_input
+from tests.test_allreduce_mpi import reference
 
 pytestmark = pytest.mark.mpi
 
@@ -119,35 +120,6 @@ def run_call(case, x, out, kw, comm):
         return plan.wait()
 
 
-def reference(case, p):
-    """Every rank's inputs rebuilt here: the exact (integer) or float64 reference and a rounding bound."""
-    dt = np.dtype(case["dtype"])
-    xs = [rank_input(case["seed"], r, case["n"], dt, case["op"]) for r in range(p)]
-    if dt.kind == "i":
-        acc = [v.astype(np.int64) for v in xs]
-        if case["op"] in ("sum", "avg"):
-            ref = np.sum(acc, axis=0)
-            if case["op"] == "avg":
-                ref = ref // p
-        elif case["op"] == "prod":
-            ref = np.prod(acc, axis=0)
-        else:
-            ref = (np.min if case["op"] == "min" else np.max)(acc, axis=0)
-        return ref.astype(dt), 0.0
-    f = np.array([v.astype(np.float64) for v in xs]).reshape(p, -1)
-    if case["op"] in ("min", "max"):
-        return (np.min if case["op"] == "min" else np.max)(f, axis=0), np.zeros(f.shape[1])
-    if case["op"] == "prod":
-        return np.prod(f, axis=0), np.zeros(f.shape[1])  # products of small integers: exact
-    ref = f.sum(axis=0) / (p if case["op"] == "avg" else 1)
-    # (p-1) roundings of partial sums and one of the result (u = eps/2 each) are under (p+1)·eps·S; float16 avg
-    # divides each input by p first (one more rounding, and underflow of at most p half-subnormals)
-    fi = np.finfo(dt)
-    bound = (p + 1) * float(fi.eps) * np.abs(f).sum(axis=0) / (p if case["op"] == "avg" else 1) \
-        + p * float(fi.smallest_subnormal)
-    return ref, bound
-
-
 def outcome_of(fn):
     """``(result, None)`` or ``(None, (error type, message))``: any exception, so no rank leaves the others waiting."""
     try:
@@ -158,7 +130,6 @@ def outcome_of(fn):
 
 def check_agreed(case, x, x0, out, res, comm, where, failures):
     """An agreed call's result: exact or within the bound, identical everywhere, in the right array."""
-    p = comm.size
     if res is not out:
         failures.append(f"{where}: the result is not the given out array")
     if out is not x and not np.array_equal(x.reshape(-1), x0.reshape(-1)):
@@ -169,7 +140,7 @@ def check_agreed(case, x, x0, out, res, comm, where, failures):
     everyone = comm.allgather(flat.tobytes())
     if len(set(everyone)) != 1:
         failures.append(f"{where}: results differ across ranks")
-    ref, bound = reference(case, p)
+    ref, bound = reference(comm, case["n"], case["dtype"], case["op"], case["seed"])
     if flat.dtype.kind == "i":
         if not np.array_equal(flat, ref):
             failures.append(f"{where}: integers differ from the exact reduction")
