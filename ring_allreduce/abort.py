@@ -8,12 +8,44 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import stat
 import sys
+import time
 import traceback
 
 #: seconds ``MPI_Abort`` gets to end this process before it exits by itself
 ABORT_GRACE_S = 2.0
+#: at most this long for the launcher to take what this rank wrote before it tears the job down
+DRAIN_LIMIT_S = 1.0
 _sink = []  # faulthandler writes to a file that must stay open
+
+
+def drained(fd: int, limit: float = DRAIN_LIMIT_S) -> bool:
+    """Wait (at most ``limit`` s) until the reader of pipe ``fd`` has taken everything written to it.
+
+    Launchers forward a rank's output through a pipe. ``MPI_Abort`` can reach the launcher first, and the launcher
+    then kills its proxy with the report still unread in the pipe (MPICH under load: the job ended with nothing
+    printed). True when ``fd`` is not a pipe or is empty; False when the wait ran out.
+    """
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return True
+        import fcntl
+        import termios
+    except (OSError, ImportError):
+        return True
+    buf = bytearray(4)
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            fcntl.ioctl(fd, termios.FIONREAD, buf)
+        except OSError:
+            return True
+        if int.from_bytes(buf, sys.byteorder) == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
 
 
 def abort(comm, code: int, grace: float = ABORT_GRACE_S) -> None:
@@ -48,6 +80,10 @@ def install() -> None:
         text = "".join(traceback.format_exception(etype, value, tb))
         sys.stderr.write(f"ring-allreduce: rank {rank} of {size} failed, aborting the job:\n{text}")
         sys.stderr.flush()
+        try:
+            drained(sys.stderr.fileno())
+        except (AttributeError, ValueError, OSError):  # a replaced sys.stderr without a descriptor
+            pass
         abort(MPI.COMM_WORLD, 1)
 
     sys.excepthook = hook

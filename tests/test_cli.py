@@ -49,3 +49,24 @@ def test_exception_on_one_rank_aborts_the_job_naming_it(tmp_path):
     assert res.returncode != 0
     assert "rank 1 of 2 failed" in res.stderr and "injected failure" in res.stderr
     assert time.time() - t0 < 30
+
+
+def test_the_abort_waits_until_the_launcher_took_the_report():
+    """The hook aborts only once the pipe to the launcher is empty (MPICH under load lost an unread report)."""
+    import threading
+
+    from ring_allreduce.abort import drained
+
+    r, w = os.pipe()
+    try:
+        os.write(w, b"ring-allreduce: rank 1 of 2 failed\n")
+        t0 = time.monotonic()
+        assert drained(w, limit=0.2) is False  # nobody reads: bounded wait, then give up
+        assert 0.2 <= time.monotonic() - t0 < 2
+        threading.Timer(0.1, os.read, (r, 4096)).start()
+        assert drained(w, limit=5) is True  # the reader took it
+    finally:
+        os.close(r)
+        os.close(w)
+    with open(os.devnull, "w") as fh:  # not a pipe: nothing to wait for
+        assert drained(fh.fileno(), limit=5) is True

@@ -126,6 +126,20 @@ def test_the_first_wave_of_deaths_names_the_killed_ranks_unless_all_went_at_once
     assert launch.first_wave({}, [0, 1]) == []
 
 
+def test_a_wave_across_hosts_is_kept_to_the_hosts_the_launcher_names():
+    """CI: one late poll saw h2's killed ranks and h1's rank 1 (cleaned up by hydra) go together; hydra named
+    the first rank that died (rank 3, by its pid): the wave keeps h2's ranks."""
+    h1, h2, h3 = ({"host": f"h{i}", "hostname": f"c-h{i}"} for i in (1, 2, 3))
+    place = [(h1, [0, 1]), (h2, [2, 3]), (h3, [4])]
+    assert launch.on_named_hosts([1, 2, 3], [3], place) == [2, 3]
+    assert launch.on_named_hosts([1, 2, 3, 4], [2, 4], place) == [2, 3, 4]
+    assert launch.on_named_hosts([2, 3], [3], place) == [2, 3]  # one host: kept whole
+    assert launch.on_named_hosts([1, 2, 3], [], place) == [1, 2, 3]  # the launcher named nobody
+    assert launch.on_named_hosts([1, 2, 3], [4], place) == [1, 2, 3]  # named off the wave: nothing better
+    assert launch.on_named_hosts([1, 2, 3], [0, 2], place) == [1, 2, 3]  # names every host of the wave
+    assert launch.on_named_hosts([], [3], place) == []
+
+
 def test_a_survivor_named_by_the_launcher_is_moved_to_the_other_hosts():
     """Open MPI's prterun names the survivor that called abort; its host's ranks reported the failed peer."""
     h1, h2 = {"host": "h1", "hostname": "c-h1"}, {"host": "h2", "hostname": "c-h2"}

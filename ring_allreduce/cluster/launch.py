@@ -40,7 +40,8 @@ FAILURE = re.compile(r"ring-allreduce: rank \d+ (reports rank\(s\)|of \d+ failed
 #: itself (but a survivor whose peer died may raise too); the launcher names the dead, and also the survivor that
 #: called MPI_Abort. :func:`run` trusts, in this order (the first source that names anyone wins): heartbeat, raised,
 #: Open MPI's peer host, ranks dead when a survivor reported its error, the first ranks seen dead (polled every
-#: 20 ms), the launcher's rank (Open MPI: moved off the hosts whose ranks reported a failed peer), its pid
+#: 20 ms; both kept to the hosts the launcher names among them), the launcher's rank (Open MPI: moved off the
+#: hosts whose ranks reported a failed peer), its pid
 _RANK_SOURCES = (
     (re.compile(r"reports rank\(s\) \[([\d, ]+)\]"),),
     (re.compile(r"rank (\d+) of \d+ failed"),),
@@ -54,12 +55,18 @@ _SURVIVOR = re.compile(r"\*\*\* An error occurred in")
 _REPORTER = re.compile(r"^\[([^\]:]+):\d+\] \*\*\* An error occurred in")
 
 
+_PF_EXITING = 0x4  # the kernel's task flag for a process in exit (set before its memory is released)
+
+
 def gone(pid: int) -> bool:
-    """Whether process ``pid`` has ended (no longer exists, or is a zombie its parent has not reaped)."""
+    """Whether process ``pid`` has ended or is ending: no longer exists, is exiting (a killed process with much
+    memory takes tens of ms to tear down: two ranks killed together would look a poll apart), or is a zombie its
+    parent has not reaped."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return fields[0] == b"Z" or bool(int(fields[6]) & _PF_EXITING)
+    except (OSError, IndexError, ValueError):
         return True
 
 
@@ -77,6 +84,18 @@ def first_wave(died: dict, ranks) -> list:
     t = min(died.values())
     wave = {r for r, when in died.items() if when == t}
     return sorted(wave) if wave != set(ranks) else []
+
+
+def on_named_hosts(ranks: list, named: list, place) -> list:
+    """A time-ordered guess (``ranks`` dead first) that spans several hosts, kept to the hosts the launcher names
+    in it, when it names some of them but not all: on a loaded machine one poll can see a killed host's ranks and
+    a survivor the launcher already cleaned up go together (hydra names the first rank that died, by its pid)."""
+    on = {r: h["host"] for h, rs in place for r in rs}
+    hosts = {on[r] for r in ranks if r in on}
+    keep = {on[r] for r in named if r in on} & hosts
+    if len(hosts) < 2 or not keep or keep == hosts:
+        return ranks
+    return sorted(r for r in ranks if on.get(r) in keep)
 
 
 def off_reporters(ranks: list, reporters: set, place) -> list:
@@ -311,7 +330,9 @@ def run(st: dict, cmd, sizes, mpi=None, mpiexec=None, env=None, timeout=None, gr
         res.returncode = rc if rc > 0 else 128 - rc if rc < 0 else (1 if why or res.killed else 0)
         heartbeat, raised, launcher, by_pid = named
         launcher = off_reporters(launcher, reporters, place)
-        ranks = failed_ranks([heartbeat, raised, peers, early, first_wave(died, rank_of.values()), launcher, by_pid])
+        wave = first_wave(died, rank_of.values())
+        early, wave = (on_named_hosts(g, launcher + by_pid, place) for g in (early, wave))
+        ranks = failed_ranks([heartbeat, raised, peers, early, wave, launcher, by_pid])
         res.failed_ranks = ranks
         res.failed_hosts = sorted({h["host"] for h, rs in place if set(rs) & set(ranks)})
         if why is not None or res.killed or (res.returncode and res.failure):
