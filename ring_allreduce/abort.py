@@ -48,16 +48,29 @@ def drained(fd: int, limit: float = DRAIN_LIMIT_S) -> bool:
         time.sleep(0.002)
 
 
+def _let_the_launcher_read(limit: float = DRAIN_LIMIT_S) -> None:
+    """Flush stdout and stderr and wait (``limit`` s in all) until the launcher has read what this rank wrote."""
+    deadline = time.monotonic() + limit
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+            drained(f.fileno(), max(0.0, deadline - time.monotonic()))
+        except (AttributeError, ValueError, OSError):  # replaced or closed: no descriptor to wait on
+            pass
+
+
 def abort(comm, code: int, grace: float = ABORT_GRACE_S) -> None:
     """``comm.Abort(code)``, but never hang in it: if this process is still alive ``grace`` seconds later, exit.
 
     ``MPI_Abort`` asks the launcher to kill the job. When the launcher cannot be reached (this host's link is
     cut) the call spins forever, holding the GIL, and so would every rank on that host. faulthandler's watchdog
-    is a C thread that needs no GIL: it ends the process with ``_exit(1)`` after ``grace`` seconds.
+    is a C thread that needs no GIL: it ends the process with ``_exit(1)`` after ``grace`` seconds. Before the
+    call, what this rank printed is left to reach the launcher (within the same ``grace``).
     """
     if not _sink:
         _sink.append(open(os.devnull, "w"))
     faulthandler.dump_traceback_later(grace, exit=True, file=_sink[0])
+    _let_the_launcher_read()
     comm.Abort(code)
     os._exit(code)  # MPI_Abort returned (it should not): do not carry on
 
@@ -80,10 +93,6 @@ def install() -> None:
         text = "".join(traceback.format_exception(etype, value, tb))
         sys.stderr.write(f"ring-allreduce: rank {rank} of {size} failed, aborting the job:\n{text}")
         sys.stderr.flush()
-        try:
-            drained(sys.stderr.fileno())
-        except (AttributeError, ValueError, OSError):  # a replaced sys.stderr without a descriptor
-            pass
         abort(MPI.COMM_WORLD, 1)
 
     sys.excepthook = hook
