@@ -92,7 +92,6 @@ def install() -> None:
             return previous(etype, value, tb)
         text = "".join(traceback.format_exception(etype, value, tb))
         sys.stderr.write(f"ring-allreduce: rank {rank} of {size} failed, aborting the job:\n{text}")
-        sys.stderr.flush()
         abort(MPI.COMM_WORLD, 1)
 
     sys.excepthook = hook

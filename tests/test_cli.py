@@ -52,7 +52,7 @@ def test_exception_on_one_rank_aborts_the_job_naming_it(tmp_path):
 
 
 def test_the_abort_waits_until_the_launcher_took_the_report():
-    """The hook aborts only once the pipe to the launcher is empty (MPICH under load lost an unread report)."""
+    """abort() calls MPI_Abort only once the pipe to the launcher is empty (MPICH under load lost an unread report)."""
     import threading
 
     from ring_allreduce.abort import drained
