@@ -8,8 +8,12 @@ Run under ``mpiexec -n 2`` (every rank times the same loops; rank 0 prints). Eac
 * ``plan``: ``allreduce_init`` once, then the plan's prebuilt call;
 * ``one-shot auto``: ``ring_allreduce.allreduce(x, comm, algorithm="auto", out=out, check=False)``;
 * ``one-shot auto + check``: the same with ``check=True``;
+* ``floor: lookup + call``: the lowest a one-shot entry point in Python can reach: a function with the same
+  keyword arguments that looks the cached schedule up and runs it, with no buffer check and no communicator
+  lookup (it would accept a read-only or aliased ``out``, so it is not an option, only the bound);
 * then the one-shot path's Python pieces alone (no MPI): an empty call with the same arguments, the cache-key
-  lookup, the buffer checks (contiguity, writability, shape/dtype, disjointness).
+  lookup, the buffer checks of the checked path (contiguity, writability, shape/dtype, disjointness) and the
+  fewer ones of the check-off native path (shape, C order, disjointness: mpi4py refuses the rest itself).
 
     mpiexec -n 2 python benchmarks/oneshot_overhead.py --bytes 8
 """
@@ -52,6 +56,9 @@ def main(argv=None) -> int:
     def empty(x, comm=None, *, op="sum", algorithm="auto", out=None, kernel=None, check=None):
         return out
 
+    def floor(x, comm=None, *, op="sum", algorithm="auto", out=None, kernel=None, check=None):
+        return plans.get((x.size, x.dtype, op, algorithm, kernel)).hot(x, out)
+
     def key_lookup():
         return plans.get((x.size, x.dtype, "sum", "auto", None))
 
@@ -59,16 +66,23 @@ def main(argv=None) -> int:
         return (x.flags.c_contiguous and type(out) is np.ndarray and out.shape == x.shape and out.dtype == x.dtype
                 and out.flags.c_contiguous and out.flags.writeable and plan_mod.disjoint(out, x))
 
+    def lean_checks():
+        one = x.ndim == 1
+        return ((one or x.flags.c_contiguous) and type(out) is np.ndarray and out.shape == x.shape
+                and (one or out.flags.c_contiguous) and (out.base is None and x.base is None))
+
     rows = {
         "native": lambda: comm.Allreduce(x, out, MPI.SUM),
         "plan": p._run,
         "one-shot auto": lambda: ra.allreduce(x, comm, algorithm="auto", out=out, check=False),
         "one-shot auto + check": lambda: ra.allreduce(x, comm, algorithm="auto", out=out, check=True),
+        "floor: lookup + call, no checks": lambda: floor(x, comm, algorithm="auto", out=out, check=False),
     }
     local = {
         "(python) empty call, same arguments": lambda: empty(x, comm, algorithm="auto", out=out, check=False),
         "(python) cache-key lookup": key_lookup,
-        "(python) buffer checks": buffer_checks,
+        "(python) buffer checks (check on)": buffer_checks,
+        "(python) buffer checks (check off)": lean_checks,
     }
     res = {k: [] for k in list(rows) + list(local)}
     for _ in range(args.repeats):

@@ -4,9 +4,18 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterator, Optional
 
 
-
 #: bumped on every register/unregister (and by ``auto.set_table``): cached plans compare it to know they are current
 generation = [0]
+#: called after every bump (the transports drop their one-shot caches, whose fastest path does not compare)
+on_change: list = []
+
+
+def changed() -> None:
+    """Count a change of what a name or ``auto`` resolves to, and tell the caches."""
+    generation[0] += 1
+    for fn in on_change:
+        fn()
+
 
 class UnknownNameError(ValueError, KeyError):
     """Raised by :meth:`Registry.get` for a name that is not registered; the message lists the valid names."""
@@ -33,7 +42,7 @@ class Registry:
                 raise ValueError(f"{self.family} {name!r} is already registered (pass overwrite=True to replace it)")
             self._items[name] = o
             self._built.pop(name, None)
-            generation[0] += 1
+            changed()
             return o
 
         return _add if obj is None else _add(obj)
@@ -42,7 +51,7 @@ class Registry:
         self.get(name)
         del self._items[name]
         self._built.pop(name, None)
-        generation[0] += 1
+        changed()
 
     def build(self, name: str) -> Any:
         """Call the zero-argument factory registered as ``name`` once and return (and keep) what it made.

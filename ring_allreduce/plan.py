@@ -57,7 +57,7 @@ class Schedule:
     """One call's local validation: what runs, and the signature words every rank compares."""
 
     __slots__ = ("backend", "staged", "kernel", "kernel_name", "op", "algorithm", "flat", "fn", "words",
-                 "details", "auto", "generation", "p", "route_min", "t", "hot", "pair")
+                 "details", "auto", "generation", "p", "route_min", "t", "hot", "native", "pair")
 
     def __init__(self, t, x, op, algorithm, kernel):
         try:
@@ -104,6 +104,9 @@ class Schedule:
                         "resolved": self.flat, "kernel": self.kernel_name, "auto table": digest or None,
                         "call": "allreduce", "settings": _changed(t.settings, settings)}
         self.pair = np.concatenate([self.words, -self.words])  # what the per-call check sends, built once
+        #: ``(comm.Allreduce, MPI op, MPI.IN_PLACE)`` when ``hot`` is one native call, else None: mpi4py then refuses
+        #: a bad buffer before any message, so the one-shot path with the check off leaves those checks to it
+        self.native = None
         self.hot = self._hot(dt)
 
     def _hot(self, dt):
@@ -119,6 +122,7 @@ class Schedule:
 
             allreduce, mop, IN_PLACE = comm.Allreduce, mpi_op(op), (_MPI[0] if _MPI else mpi()).IN_PLACE
             empty_like = np.empty_like
+            self.native = (allreduce, mop, IN_PLACE)
 
             def native(x, out):  # mpi4py takes the arrays as they are (any shape, C-contiguous)
                 if out is None:

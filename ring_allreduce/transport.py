@@ -17,14 +17,25 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 import zlib
 
 from numpy import ndarray as _ndarray
 
+from . import _registry
 from .errors import ArgumentError
 
 _keyval = None
 _lock = threading.Lock()
+_live: "weakref.WeakSet" = weakref.WeakSet()  # every transport, so a registry change reaches their caches
+
+
+def _drop_caches() -> None:
+    for t in list(_live):
+        t.plans = {}
+
+
+_registry.on_change.append(_drop_caches)
 #: the first tag of plans' private tag ranges (below: the algorithms' one-shot tags, compression's)
 _PLAN_TAG0 = 0x6000
 
@@ -276,6 +287,7 @@ class Transport:
         self.size, self.rank = dup.Get_size(), dup.Get_rank()
         self.plans = {}  # one-shot plan cache: (count, dtype, op, algorithm, kernel, out kind) -> _Schedule
         self._tags = _PLAN_TAG0
+        _live.add(self)
 
     def new_tags(self, n: int = 2) -> int:
         """Reserve ``n`` tags for one plan (plans are created in the same order on every rank, so tags match)."""

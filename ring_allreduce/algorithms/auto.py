@@ -37,9 +37,9 @@ def load_table(path=None) -> dict:
 def set_table(table_or_path=None) -> None:
     """Use this table (a dict or a path); None goes back to ``$RING_ALLREDUCE_AUTO_TABLE`` or the default."""
     global _table, _digest
-    from .._registry import generation
+    from .._registry import changed
 
-    generation[0] += 1
+    changed()
     _digest = None
     if table_or_path is None or isinstance(table_or_path, (str, os.PathLike)):
         _table = None if table_or_path is None else load_table(table_or_path)
