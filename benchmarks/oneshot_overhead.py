@@ -68,8 +68,9 @@ def main(argv=None) -> int:
 
     def lean_checks():
         one = x.ndim == 1
-        return ((one or x.flags.c_contiguous) and type(out) is np.ndarray and out.shape == x.shape
-                and (one or out.flags.c_contiguous) and (out.base is None and x.base is None))
+        return ((one or x.flags.c_contiguous) and type(out) is np.ndarray
+                and (out.ndim == 1 if one else out.shape == x.shape and out.flags.c_contiguous)
+                and (out.base is None and x.base is None))
 
     rows = {
         "native": lambda: comm.Allreduce(x, out, MPI.SUM),

@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterator, Optional
 
 
-#: bumped on every register/unregister (and by ``auto.set_table``): cached plans compare it to know they are current
+#: bumped on every register/unregister (and by ``auto.set_table``); the trainer's hook cache keys on it
 generation = [0]
-#: called after every bump (the transports drop their one-shot caches, whose fastest path does not compare)
+#: called after every bump (the transports drop their one-shot caches)
 on_change: list = []
 
 

@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-from . import _registry, agreement, algorithms, backends, kernels
+from . import agreement, algorithms, backends, kernels
 from . import transport as _transport
 from .algorithms import auto
 from .algorithms._common import _MPI, mpi
@@ -57,7 +57,7 @@ class Schedule:
     """One call's local validation: what runs, and the signature words every rank compares."""
 
     __slots__ = ("backend", "staged", "kernel", "kernel_name", "op", "algorithm", "flat", "fn", "words",
-                 "details", "auto", "generation", "p", "route_min", "t", "hot", "native", "pair")
+                 "details", "auto", "p", "route_min", "t", "hot", "native", "pair")
 
     def __init__(self, t, x, op, algorithm, kernel):
         try:
@@ -69,7 +69,6 @@ class Schedule:
         self.op = normalize_op(op)
         if not isinstance(algorithm, str):
             raise ArgumentError(f"algorithm must be a name, got {algorithm!r}")
-        self.generation = _registry.generation[0]
         self.algorithm, self.auto = algorithm, algorithm == "auto"
         nbytes = int(x.size) * dt.itemsize
         if self.auto:
@@ -143,10 +142,6 @@ class Schedule:
                 fn(comm, src, dst, op, kernel, div)
             return out
         return hand_written
-
-    def current(self) -> bool:
-        """Still what a fresh resolution gives (no registry or auto-table change since)?"""
-        return self.generation == _registry.generation[0]
 
     def route(self, x, out) -> int:
         """This rank's node-aware route for these buffers (rank-local: agree it before use)."""

@@ -36,6 +36,7 @@ def _drop_caches() -> None:
 
 
 _registry.on_change.append(_drop_caches)
+
 #: the first tag of plans' private tag ranges (below: the algorithms' one-shot tags, compression's)
 _PLAN_TAG0 = 0x6000
 
